@@ -1,0 +1,2 @@
+"""anycost: neural networks whose inference cost is chosen at run time."""
+__version__ = "0.1.0"

@@ -1,0 +1,397 @@
+"""Datasets as uint8 tensors in memory, seeded splits, and a batch loader that augments
+whole batches with tensor ops (no per-sample Python loop).
+
+Sources:
+  * CIFAR-10 / CIFAR-100 from a local folder in the official "python version" layout,
+    read with a restricted unpickler (a crafted pickle cannot run code);
+  * ``--download`` through torchvision, only when asked for;
+  * a user's image folders (one sub-folder per class) through torchvision's ImageFolder;
+  * ``digits``: scikit-learn's 8x8 handwritten digits, shipped inside the sklearn wheel,
+    the offline default for the demo and the tests.
+
+Images stay uint8 ``(N, C, H, W)`` until a batch is drawn; normalisation statistics are
+computed on the training split and travel with the model (``pretrained_cfg``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DataError",
+    "ImageDataset",
+    "SplitData",
+    "load_cifar",
+    "load_digits",
+    "load_image_folder",
+    "download_cifar",
+    "make_split",
+    "load_dataset",
+    "BatchLoader",
+    "augment_batch",
+    "DATASETS",
+]
+
+DATASETS = ("cifar10", "cifar100", "digits", "folder")
+
+
+class DataError(RuntimeError):
+    """A data problem the user can fix: missing, truncated or foreign files."""
+
+
+# --------------------------------------------------------------------------- unpickling
+
+# The only globals the official CIFAR pickles (and numpy re-packs of them) reference.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # bytes written by Python 3 at protocol 2
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every global outside numpy's array reconstruction."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing global '{module}.{name}'")
+        return super().find_class(module, name)
+
+
+def safe_unpickle(path: Path) -> dict:
+    """Load one CIFAR pickle; every failure becomes a one-line DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    raw = path.read_bytes()
+    try:
+        obj = RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        if "refusing global" in str(e):
+            raise DataError(f"{path}: not a CIFAR pickle ({e})") from None
+        raise DataError(f"{path}: truncated or corrupt pickle ({e})") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        raise DataError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    # Python 2 pickles loaded with latin1 have str keys; re-packs may have bytes keys.
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+# --------------------------------------------------------------------------- containers
+
+
+@dataclass
+class ImageDataset:
+    images: Tensor  # (N, C, H, W) uint8
+    labels: Tensor  # (N,) int64
+    classes: list[str]
+    name: str
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise DataError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise DataError(f"{self.name}: {self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, idx: Tensor, name: str | None = None) -> "ImageDataset":
+        return ImageDataset(self.images[idx], self.labels[idx], self.classes, name or self.name)
+
+
+@dataclass
+class SplitData:
+    """train / val (carved from the training files) and test (only if its files exist)."""
+
+    train: ImageDataset
+    val: ImageDataset | None
+    test: ImageDataset | None
+    mean: list[float]  # per-channel, in [0, 1] pixel units, from the train split
+    std: list[float]
+    split_info: dict = field(default_factory=dict)  # goes in every run record
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def get(self, split: str) -> ImageDataset:
+        ds = {"train": self.train, "val": self.val, "test": self.test}.get(split)
+        if ds is None:
+            if split == "test":
+                raise DataError("the test split is not available: its files (e.g. test_batch) are not in the data folder")
+            raise DataError(f"split '{split}' is not available (choose from train, val, test)")
+        return ds
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], meta="batches.meta", label_key="labels", names_key="label_names"),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta",
+                     label_key="fine_labels", names_key="fine_label_names"),
+}
+
+
+def find_cifar_dir(data_dir: str | os.PathLike, dataset: str = "cifar10") -> Path:
+    """``data_dir`` may be the batches folder itself or its parent."""
+    spec = _CIFAR[dataset]
+    d = Path(data_dir).expanduser()
+    if not d.exists():
+        raise DataError(f"{d}: data folder not found")
+    if (d / spec["meta"]).exists():
+        return d
+    if (d / spec["folder"] / spec["meta"]).exists():
+        return d / spec["folder"]
+    raise DataError(f"{d}: no {dataset} data here (expected '{spec['meta']}' in it or in '{spec['folder']}/' below it)")
+
+
+def _read_cifar_files(root: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for f in files:
+        d = safe_unpickle(root / f)
+        if "data" not in d or label_key not in d:
+            raise DataError(f"{root / f}: not a CIFAR batch (keys {sorted(d)[:6]}, need 'data' and '{label_key}')")
+        x = np.asarray(d["data"])
+        y = np.asarray(d[label_key], dtype=np.int64)
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or x.shape[0] != y.shape[0]:
+            raise DataError(f"{root / f}: 'data' must be uint8 of shape (N, 3072) matching {y.shape[0]} labels, got {x.dtype} {x.shape}")
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def load_cifar(data_dir: str | os.PathLike, dataset: str = "cifar10", split: str = "train") -> ImageDataset:
+    """Read the official python-version pickles. ``split`` is 'train' or 'test'."""
+    if dataset not in _CIFAR:
+        raise DataError(f"unknown CIFAR dataset '{dataset}' (choose cifar10 or cifar100)")
+    spec = _CIFAR[dataset]
+    root = find_cifar_dir(data_dir, dataset)
+    meta = safe_unpickle(root / spec["meta"])
+    if spec["names_key"] not in meta:
+        raise DataError(f"{root / spec['meta']}: no '{spec['names_key']}' key")
+    x, y = _read_cifar_files(root, spec[split], spec["label_key"])
+    classes = list(meta[spec["names_key"]])
+    if y.min() < 0 or y.max() >= len(classes):
+        raise DataError(f"{root}: labels outside 0..{len(classes) - 1}")
+    images = torch.from_numpy(x).view(-1, 3, 32, 32)  # rows are channel-major R, G, B planes
+    return ImageDataset(images.contiguous(), torch.from_numpy(y), classes, f"{dataset}-{split}")
+
+
+def has_cifar_split(data_dir, dataset: str, split: str) -> bool:
+    try:
+        root = find_cifar_dir(data_dir, dataset)
+    except DataError:
+        return False
+    return all((root / f).exists() for f in _CIFAR[dataset][split])
+
+
+def download_cifar(root: str | os.PathLike, dataset: str = "cifar10", url: str | None = None) -> Path:
+    """Download through torchvision (for users with internet). Never called implicitly."""
+    from torchvision import datasets
+
+    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[dataset]
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(url or cls.url, str(root), filename=cls.filename, md5=None if url else cls.tgz_md5)
+    except Exception as e:  # urllib, socket and http errors all land here
+        raise DataError(f"download of {dataset} failed ({type(e).__name__}: {e}); without internet, "
+                        f"copy the '{_CIFAR[dataset]['folder']}' folder by hand and pass --data-dir") from None
+    return root / _CIFAR[dataset]["folder"]
+
+
+# --------------------------------------------------------------------------- other sources
+
+
+def load_digits() -> ImageDataset:
+    """scikit-learn's 1,797 8x8 digits (values 0..16), as uint8 (N, 1, 8, 8). No download."""
+    from sklearn.datasets import load_digits as _ld
+
+    d = _ld()
+    x = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    return ImageDataset(torch.from_numpy(x).unsqueeze(1).contiguous(), torch.from_numpy(d.target.astype(np.int64)),
+                        [str(c) for c in d.target_names], "digits")
+
+
+def load_image_folder(root: str | os.PathLike, size: int = 32) -> ImageDataset:
+    """One sub-folder per class; every image resized to ``size`` x ``size`` RGB uint8."""
+    from torchvision import datasets, transforms
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found")
+    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+    try:
+        ds = datasets.ImageFolder(str(root), transform=tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"{root}: {e}") from None
+    # Decoding files is inherently per-file; everything after it is batched.
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    return ImageDataset(images, labels, list(ds.classes), f"folder:{root.name}")
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def make_split(n: int, val_size: int, seed: int = 0, mode: str = "last") -> tuple[Tensor, Tensor]:
+    """Train/val indices. mode 'last': the last ``val_size`` items are validation (the CIFAR
+    default); 'random': a seeded permutation."""
+    if not 0 <= val_size < n:
+        raise DataError(f"val_size must be in [0, {n}), got {val_size}")
+    if mode == "last":
+        perm = torch.arange(n)
+    elif mode == "random":
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    else:
+        raise DataError(f"unknown split mode '{mode}' (last or random)")
+    return perm[: n - val_size].sort().values, perm[n - val_size:].sort().values
+
+
+def channel_stats(images: Tensor) -> tuple[list[float], list[float]]:
+    x = images.to(torch.float64) / 255.0
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def load_dataset(dataset: str = "digits", data_dir: str | None = None, val_size: int | None = None,
+                 split_seed: int = 0, split_mode: str | None = None, download: bool = False,
+                 image_size: int = 32) -> SplitData:
+    """Load train (+ carved val) and test where present. Defaults: CIFAR keeps the last
+    5,000 training images for validation; digits keeps a seeded random 20 %."""
+    test = None
+    if dataset in _CIFAR:
+        if data_dir is None:
+            raise DataError(f"{dataset} needs --data-dir (the '{_CIFAR[dataset]['folder']}' folder or its parent)")
+        if download:
+            data_dir = str(download_cifar(data_dir, dataset))
+        have_train = has_cifar_split(data_dir, dataset, "train")
+        full = load_cifar(data_dir, dataset, "train") if have_train else None
+        if has_cifar_split(data_dir, dataset, "test"):
+            test = load_cifar(data_dir, dataset, "test")
+        elif not have_train:
+            root = find_cifar_dir(data_dir, dataset)  # raises a clear error when nothing is there
+            raise DataError(f"{root}: neither training nor test files of {dataset} are present")
+        val_size = 5000 if val_size is None else val_size
+        split_mode = split_mode or "last"
+    elif dataset == "digits":
+        full = load_digits()
+        val_size = 360 if val_size is None else val_size
+        split_mode = split_mode or "random"
+    elif dataset == "folder":
+        if data_dir is None:
+            raise DataError("dataset 'folder' needs --data-dir (one sub-folder per class)")
+        full = load_image_folder(data_dir, image_size)
+        val_size = max(1, len(full) // 10) if val_size is None else val_size
+        split_mode = split_mode or "random"
+    else:
+        raise DataError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+
+    if full is None:  # test-only folder: enough to evaluate a trained model
+        return SplitData(test, None, test, [0.0] * test.images.shape[1], [1.0] * test.images.shape[1],
+                         {"dataset": dataset, "train_size": 0, "val_size": 0, "test_size": len(test)})
+    tr_idx, va_idx = make_split(len(full), val_size, split_seed, split_mode)
+    train = full.subset(tr_idx, f"{dataset}-train")
+    val = full.subset(va_idx, f"{dataset}-val") if val_size > 0 else None
+    mean, std = channel_stats(train.images)
+    info = {"dataset": dataset, "split_mode": split_mode, "split_seed": split_seed, "train_size": len(train),
+            "val_size": val_size, "test_size": len(test) if test is not None else 0,
+            "val_indices": va_idx.tolist()}
+    return SplitData(train, val, test, mean, std, info)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
+    """Random crop with zero padding and horizontal flip for a whole batch.
+
+    x: (B, C, H, W) any dtype. Offsets and flips are drawn from ``gen`` (on the CPU, so the
+    stream is identical whatever the device)."""
+    b, c, h, w = x.shape
+    if pad > 0:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+        bidx = torch.arange(b, device=x.device)[:, None, None, None]
+        cidx = torch.arange(c, device=x.device)[None, :, None, None]
+        x = xp[bidx, cidx, rows, cols]  # (B, C, H, W)
+    if flip:
+        m = (torch.rand(b, generator=gen) < 0.5).to(x.device)[:, None, None, None]
+        x = torch.where(m, x.flip(3), x)
+    return x
+
+
+class BatchLoader:
+    """Iterates (images, labels) over an in-memory ImageDataset.
+
+    Images come out as normalised float32 on ``device``; ``augment`` applies random-crop and
+    flip on the whole uint8 batch. Shuffling and augmentation draw from one CPU generator
+    whose state can be saved and restored (exact resume). ``rank``/``world_size`` shard
+    each epoch's permutation like DistributedSampler (every rank sees the same permutation
+    and takes a strided slice)."""
+
+    def __init__(self, ds: ImageDataset, batch_size: int, mean, std, *, shuffle: bool = False,
+                 augment: bool = False, pad: int = 4, drop_last: bool = False, device="cpu",
+                 generator: torch.Generator | None = None, channels_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        self.ds, self.batch_size = ds, batch_size
+        self.shuffle, self.augment, self.pad, self.drop_last = shuffle, augment, pad, drop_last
+        self.device = torch.device(device)
+        self.gen = generator or torch.Generator().manual_seed(0)
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        c = ds.images.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+
+    def _order(self) -> Tensor:
+        n = len(self.ds)
+        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:
+            per_rank = -(-n // self.world_size)
+            order = torch.cat([order, order[: per_rank * self.world_size - n]])  # pad like DistributedSampler
+            order = order[self.rank::self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        n = -(-len(self.ds) // self.world_size)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._order()
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.ds.images[idx].to(self.device, non_blocking=True)
+            if self.augment:
+                x = augment_batch(x, self.pad, True, self.gen)
+            x = (x.float() / 255.0 - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.ds.labels[idx].to(self.device, non_blocking=True)

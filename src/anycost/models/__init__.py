@@ -1,0 +1,6 @@
+"""Model families, one file each. Importing this package registers them."""
+
+from .registry import create_model, list_models, model_family, register_model
+from . import resnet_cifar  # noqa: F401  (registers resnet*)
+
+__all__ = ["create_model", "list_models", "model_family", "register_model"]

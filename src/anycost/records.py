@@ -1,0 +1,118 @@
+"""Run records: every run and evaluation writes one JSON object holding its resolved
+config, git commit, seed, hardware and results. Plots and reports read these, never models."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RECORD_FORMAT = "anycost-record-v1"
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def git_commit() -> dict:
+    """Commit of the source tree anycost runs from (None outside a checkout), and whether it is dirty."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return {"commit": None, "dirty": None}
+        st = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=5)
+        return {"commit": sha.stdout.strip(), "dirty": bool(st.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info(device: str | torch.device = "cpu") -> dict:
+    dev = torch.device(device)
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+    }
+    if dev.type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+def make_record(kind: str, config: dict, results: dict, *, seed: int | None = None, device="cpu", **extra) -> dict:
+    from anycost import __version__
+
+    rec = {
+        "format": RECORD_FORMAT,
+        "kind": kind,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "anycost_version": __version__,
+        "git": git_commit(),
+        "seed": seed,
+        "hardware": hardware_info(device),
+        "config": config,
+        "results": results,
+    }
+    rec.update(extra)
+    return rec
+
+
+class RecordError(ValueError):
+    pass
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: record not found")
+    try:
+        rec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT:
+        raise RecordError(f"{path}: not an anycost record (missing format '{RECORD_FORMAT}')")
+    return rec
