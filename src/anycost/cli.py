@@ -57,6 +57,197 @@ def cmd_train(a) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- helpers
+
+
+def _eval_split(meta: dict, dataset: str | None, data_dir: str | None, split: str):
+    """The split to measure, normalised with the model's own statistics. 'test' reads only
+    the test files (test_batch + batches.meta suffice); 'val' re-carves the model's split."""
+    from anycost.data import load_cifar, load_dataset
+
+    dataset = dataset or meta.get("dataset") or "digits"
+    if dataset in ("cifar10", "cifar100") and split == "test":
+        if not data_dir:
+            raise UserError(f"{dataset} needs --data-dir")
+        return load_cifar(data_dir, dataset, "test"), dataset
+    sp = meta.get("split") or {}
+    data = load_dataset(dataset, data_dir, sp.get("val_size"), sp.get("split_seed") or 0)
+    return data.get(split), dataset
+
+
+def _model_name(spec: str, meta: dict) -> str:
+    p = Path(spec)
+    return p.parent.name if p.name == "last.pt" else (p.stem if p.suffix == ".pt" else p.name)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_models(a) -> int:
+    from anycost.models import create_model, list_models, model_family
+
+    rows = []
+    for n in list_models(a.pattern or "*", include_test=a.all):
+        m = create_model(n)
+        macs = m.declared_macs((3, 32, 32)) if hasattr(m, "declared_macs") else None
+        rows.append({"name": n, "family": model_family(n), "params": sum(p.numel() for p in m.parameters()), "macs_32x32": macs})
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"{'model':<16} {'family':<10} {'params':>10} {'MACs @32x32':>14}")
+        for r in rows:
+            mac = f"{r['macs_32x32'] / 1e6:.2f} M" if r["macs_32x32"] else "-"
+            print(f"{r['name']:<16} {r['family']:<10} {r['params']:>10,} {mac:>14}")
+    return 0
+
+
+def cmd_zoo(a) -> int:
+    from anycost.zoo import read_index
+
+    idx = read_index()
+    if a.json:
+        print(json.dumps([{"name": k, **v} for k, v in idx.items()], indent=1))
+        return 0
+    if not idx:
+        print("the zoo is empty")
+        return 0
+    print(f"{'name':<24} {'family':<10} {'val top-1':>9} {'MACs':>10} {'epochs':>6} {'size':>8}")
+    for k, v in idx.items():
+        acc = f"{v['val_acc']:.2f}%" if v.get("val_acc") is not None else "-"
+        print(f"{k:<24} {v['family']:<10} {acc:>9} {v['macs'] / 1e6:>8.2f} M {v.get('epochs', ''):>6} {v['size_bytes'] / 1e6:>6.2f}MB")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from anycost.zoo import export_to_zoo
+
+    out = export_to_zoo(a.run_dir, a.name, a.zoo_dir)
+    print(f"exported {a.run_dir} -> {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    import torch
+
+    from anycost.eval import OperatingPoint, evaluate_curve
+    from anycost.records import make_record, write_json_atomic
+    from anycost.report import curves_table
+    from anycost.zoo import resolve_model
+
+    model, meta = resolve_model(a.model)
+    model.to(a.device)
+    ds, dataset = _eval_split(meta, a.dataset, a.data_dir, a.split)
+    norm = meta["normalization"]
+    if tuple(ds.images.shape[1:]) != tuple(meta["input_size"]):
+        raise UserError(f"{a.split} images are {tuple(ds.images.shape[1:])} but the model expects {tuple(meta['input_size'])}")
+    ops = [OperatingPoint.from_dict(o) for o in meta.get("operating_points", [])] or None
+    calibrated_on = meta.get("calibrated_on") if ops else None
+    name = _model_name(a.model, meta)
+    with torch.inference_mode():
+        curve = evaluate_curve(model, ds, norm["mean"], norm["std"], ops, method=name, calibrated_on=calibrated_on,
+                               measured_on=a.split, batch_size=a.batch_size, device=a.device)
+    if calibrated_on and calibrated_on == a.split:
+        print(f"anycost: warning: operating points were chosen on '{calibrated_on}' and are measured on it too; "
+              "these numbers are optimistic", file=sys.stderr)
+    rec = make_record("eval", {"model": a.model, "dataset": dataset, "data_dir": a.data_dir, "split": a.split,
+                               "batch_size": a.batch_size}, {"curve": curve.to_dict()}, device=a.device,
+                      checkpoint={"path": meta.get("path"), "sha256": meta.get("sha256")})
+    rec_path = a.record or f"runs/eval/{name}-{a.split}.json"
+    if not a.no_record:
+        write_json_atomic(rec_path, rec)
+    if a.json:
+        pts = [{"accuracy": p.accuracy, "top5": p.top5, "macs_mean": p.macs_mean, "macs_median": p.macs_median,
+                "macs_p95": p.macs_p95, "path_fractions": p.path_fractions, "operating_point": p.operating_point.to_dict()}
+               for p in curve.points]
+        print(json.dumps({"model": name, "split": a.split, "dataset": dataset, "n": curve.points[0].n,
+                          "calibrated_on": calibrated_on, "measured_on": a.split, "checkpoint_sha256": meta.get("sha256"),
+                          "points": pts, "record": None if a.no_record else rec_path}, indent=1))
+    else:
+        print(curves_table([curve]))
+        if not a.no_record:
+            print(f"\nrecord: {rec_path}")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    import torch
+
+    from anycost.bench import BenchConfig, bench_model
+    from anycost.data import BatchLoader
+    from anycost.eval import OperatingPoint
+    from anycost.records import make_record, write_json_atomic
+    from anycost.report import bench_table
+    from anycost.zoo import resolve_model
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, meta = resolve_model(a.model)
+    model.to(a.device)
+    n = max(a.batch_size, a.latency_runs)
+    ops = [OperatingPoint.from_dict(o) for o in meta.get("operating_points", [])] or None
+    if a.data_dir or (meta.get("dataset") == "digits"):
+        ds, _ = _eval_split(meta, None, a.data_dir, a.split)
+        norm = meta["normalization"]
+        x, _ = next(iter(BatchLoader(ds, min(n, len(ds)), norm["mean"], norm["std"], device=a.device)))
+        inputs = f"{a.split} split"
+    else:
+        if ops:
+            print("anycost: warning: no --data-dir: routing on random inputs does not show real per-input costs",
+                  file=sys.stderr)
+        x = torch.randn(n, *meta["input_size"], generator=torch.Generator().manual_seed(0)).to(a.device)
+        inputs = "random normal"
+    cfg = BenchConfig(batch_size=a.batch_size, latency_runs=a.latency_runs, throughput_batches=a.batches,
+                      warmup=a.warmup, threads=a.threads)
+    res = bench_model(model, x, ops, cfg)
+    res["inputs"] = inputs
+    name = _model_name(a.model, meta)
+    rec = make_record("bench", {"model": a.model, **cfg.__dict__, "inputs": inputs}, {"bench": res, "method": name},
+                      device=a.device, checkpoint={"path": meta.get("path"), "sha256": meta.get("sha256")})
+    rec_path = a.record or f"runs/bench/{name}.json"
+    write_json_atomic(rec_path, rec)
+    if a.json:
+        print(json.dumps(dict(res, model=name, record=rec_path, hardware=rec["hardware"]), indent=1))
+    else:
+        print(bench_table(name, res))
+        print(f"\ninputs: {inputs}; hardware: {rec['hardware']['cpu']}, torch {rec['hardware']['torch']}\nrecord: {rec_path}")
+    return 0
+
+
+def cmd_plot(a) -> int:
+    from anycost.plot import load_curves, plot_curves
+
+    out = plot_curves(load_curves(a.records), a.output, a.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from anycost.plot import curves_from_record
+    from anycost.records import RecordError, read_record
+    from anycost.report import bench_table, curves_table
+
+    curves, benches = [], []
+    for p in a.records:
+        rec = read_record(p)
+        found = curves_from_record(rec)
+        if rec.get("kind") == "bench":
+            benches.append((rec["results"].get("method", p), rec["results"]["bench"]))
+        elif not found:
+            raise RecordError(f"{p}: record has neither a curve nor a benchmark")
+        curves.extend(found)
+    parts = [curves_table(curves)] if curves else []
+    parts += [bench_table(m, b) for m, b in benches]
+    print("\n\n".join(parts))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from anycost.demo import run_demo
+
+    run_demo(a.out, epochs=a.epochs, seed=a.seed)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -91,6 +282,87 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
     t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("models", help="list registered model architectures", epilog=EPILOG,
+                       description="List the architectures create_model() knows, with parameter counts and "
+                                   "MACs per 32x32 RGB image (declared from layer shapes, tested against "
+                                   "torch.utils.flop_counter).")
+    m.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
+    m.add_argument("--all", action="store_true", help="include the tiny test_* variants")
+    m.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    m.set_defaults(func=cmd_models)
+
+    z = sub.add_parser("zoo", help="list pretrained models shipped with anycost", epilog=EPILOG,
+                       description="List the trained checkpoints committed with anycost: name (use it with "
+                                   "`anycost eval NAME` or create_model(arch, pretrained=TAG)), family, "
+                                   "validation top-1, MACs per image, epochs and file size.")
+    z.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    z.set_defaults(func=cmd_zoo)
+
+    x = sub.add_parser("export", help="add a finished training run to the zoo (float16 weights)", epilog=EPILOG,
+                       description="Write a run folder's final weights as a float16 zoo file with its metadata "
+                                   "(normalisation, classes, validation metrics, measured MACs) and update "
+                                   "the zoo's index.json.")
+    x.add_argument("run_dir", help="run folder holding last.pt and record.json")
+    x.add_argument("--name", required=True, help="zoo name, e.g. resnet20.cifar10")
+    x.add_argument("--zoo-dir", help="target folder (default: the package's zoo)")
+    x.set_defaults(func=cmd_export)
+
+    e = sub.add_parser("eval", help="measure accuracy and per-input MACs at every operating point", epilog=EPILOG,
+                       description="Evaluate a zoo model (e.g. resnet20.cifar10), a checkpoint or a run folder. "
+                                   "Static models give one point; adaptive ones one point per operating point "
+                                   "calibrated on validation. Writes a JSON record.")
+    e.add_argument("model", help="zoo name, checkpoint .pt or run folder")
+    e.add_argument("--data-dir", help="dataset folder (CIFAR: the batches folder or its parent)")
+    e.add_argument("--dataset", help="override the dataset the model was trained on")
+    e.add_argument("--split", choices=["val", "test", "train"], default="val",
+                   help="val: carved from the training files as in training; test: needs only test_batch + batches.meta")
+    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", action="store_true", help="print one JSON object (model, split, points, ...)")
+    e.add_argument("--record", help="where to write the record (default runs/eval/NAME-SPLIT.json)")
+    e.add_argument("--no-record", action="store_true", help="do not write a record")
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="wall-clock latency (batch 1) and throughput per operating point", epilog=EPILOG,
+                       description="Times every operating point with warm-up, inference_mode and a fixed thread "
+                                   "count; reports the realised speed-up against the full-cost setting next to "
+                                   "the MAC reduction. Give --data-dir so dynamic models route on real images.")
+    b.add_argument("model", help="zoo name, checkpoint .pt or run folder")
+    b.add_argument("--data-dir")
+    b.add_argument("--split", default="val", choices=["val", "test", "train"])
+    b.add_argument("--batch-size", type=int, default=256, help="batch for throughput (default 256)")
+    b.add_argument("--latency-runs", type=int, default=100, help="timed batch-1 calls per point")
+    b.add_argument("--batches", type=int, default=5, help="timed full batches per point")
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    b.add_argument("--record", help="where to write the record (default runs/bench/NAME.json)")
+    b.set_defaults(func=cmd_bench)
+
+    pl = sub.add_parser("plot", help="plot accuracy vs MACs from records (never runs a model)", epilog=EPILOG,
+                        description="Draw top-1 accuracy against mean MACs per image (log axis) for every curve "
+                                    "in the given records; static networks appear as markers joined per family.")
+    pl.add_argument("records", nargs="+", help="eval/demo/reproduce record files")
+    pl.add_argument("-o", "--output", required=True, help="image file, e.g. curves.png")
+    pl.add_argument("--title", help="plot title (default: names the measured split)")
+    pl.set_defaults(func=cmd_plot)
+
+    r = sub.add_parser("report", help="Markdown tables from records", epilog=EPILOG,
+                       description="Print the curves (accuracy, top-5, mean and p95 MACs, calibration and "
+                                   "measurement splits) and benchmarks in the given records as Markdown tables.")
+    r.add_argument("records", nargs="+", help="eval, bench, demo or reproduce record files")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="offline demo: train small models on the embedded digits, table + plot", epilog=EPILOG,
+                       description="Train small models of every family on scikit-learn's 8x8 digits (shipped "
+                                   "with the package; no download), measure them on the validation split, print "
+                                   "an accuracy-vs-MACs table and write demo.png and demo_record.json.")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--epochs", type=int, help="epochs per model (default: the demo recipe's)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
     return p
 
 

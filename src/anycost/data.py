@@ -356,13 +356,13 @@ class BatchLoader:
     and takes a strided slice)."""
 
     def __init__(self, ds: ImageDataset, batch_size: int, mean, std, *, shuffle: bool = False,
-                 augment: bool = False, pad: int = 4, drop_last: bool = False, device="cpu",
+                 augment: bool = False, flip: bool = True, pad: int = 4, drop_last: bool = False, device="cpu",
                  generator: torch.Generator | None = None, channels_last: bool = False,
                  rank: int = 0, world_size: int = 1):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self.ds, self.batch_size = ds, batch_size
-        self.shuffle, self.augment, self.pad, self.drop_last = shuffle, augment, pad, drop_last
+        self.shuffle, self.augment, self.flip, self.pad, self.drop_last = shuffle, augment, flip, pad, drop_last
         self.device = torch.device(device)
         self.gen = generator or torch.Generator().manual_seed(0)
         self.channels_last = channels_last
@@ -390,7 +390,7 @@ class BatchLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.ds.images[idx].to(self.device, non_blocking=True)
             if self.augment:
-                x = augment_batch(x, self.pad, True, self.gen)
+                x = augment_batch(x, self.pad, self.flip, self.gen)
             x = (x.float() / 255.0 - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -96,15 +96,16 @@ class TradeoffCurve:
     calibrated_on: str | None = None  # split that chose the operating points
     measured_on: str | None = None  # split the numbers come from
     static: bool = False  # one fixed network (drawn as a marker)
+    family: str | None = None  # plots join static curves of one family into one marker series
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "calibrated_on": self.calibrated_on, "measured_on": self.measured_on,
-                "static": self.static, "points": [p.to_dict() for p in self.points]}
+        return {"method": self.method, "family": self.family, "calibrated_on": self.calibrated_on,
+                "measured_on": self.measured_on, "static": self.static, "points": [p.to_dict() for p in self.points]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TradeoffCurve":
         return cls(d["method"], [CurvePoint.from_dict(p) for p in d["points"]], d.get("calibrated_on"),
-                   d.get("measured_on"), d.get("static", False))
+                   d.get("measured_on"), d.get("static", False), d.get("family"))
 
     @property
     def macs(self) -> list[float]:
@@ -116,7 +117,8 @@ class TradeoffCurve:
 
     def frontier(self) -> "TradeoffCurve":
         idx = pareto_front(self.macs, self.accuracies)
-        return TradeoffCurve(self.method, [self.points[i] for i in idx], self.calibrated_on, self.measured_on, self.static)
+        return TradeoffCurve(self.method, [self.points[i] for i in idx], self.calibrated_on, self.measured_on,
+                             self.static, self.family)
 
     def accuracy_at(self, macs: float) -> float | None:
         return accuracy_at_macs(self.macs, self.accuracies, macs)

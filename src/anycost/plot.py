@@ -1,0 +1,101 @@
+"""Plots drawn from records only (never from models): accuracy against MACs on a log axis,
+static networks as markers, and wall-clock speed-up against MAC reduction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from anycost.eval import TradeoffCurve
+from anycost.records import RecordError, read_record
+
+
+def curves_from_record(rec: dict) -> list[TradeoffCurve]:
+    res = rec.get("results") or {}
+    if "curve" in res:
+        return [TradeoffCurve.from_dict(res["curve"])]
+    if "curves" in res:
+        return [TradeoffCurve.from_dict(c) for c in res["curves"]]
+    return []
+
+
+def load_curves(paths) -> list[TradeoffCurve]:
+    curves = []
+    for p in paths:
+        found = curves_from_record(read_record(p))
+        if not found:
+            raise RecordError(f"{p}: record has no accuracy-vs-MACs curve (kind '{read_record(p).get('kind')}')")
+        curves.extend(found)
+    return curves
+
+
+def _mpl():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str | None = None) -> Path:
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    static = {}
+    for c in curves:
+        if c.static:
+            static.setdefault(c.family or "static", []).append(c)
+    markers = iter("osD^vP*X")
+    for fam, cs in static.items():
+        pts = sorted(((c.points[0].macs_mean, c.points[0].accuracy, c.method) for c in cs))
+        m = next(markers, "o")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=":", marker=m, color="0.25", label=fam, markersize=7)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.3")
+    for c in curves:
+        if c.static:
+            continue
+        pts = sorted(zip(c.macs, c.accuracies))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linewidth=1.5, label=c.method)
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs per image (mean, log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    measured = sorted({c.measured_on for c in curves if c.measured_on})
+    ax.set_title(title or f"accuracy vs MACs (measured on: {', '.join(measured) or '?'})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def plot_speedups(bench_results: dict[str, dict], out: str | os.PathLike, title: str | None = None) -> Path:
+    """``bench_results``: method -> bench dict (from ``anycost bench --json``). Plots realised
+    speed-up at batch 1 and batched against the MAC reduction; the diagonal is 'every MAC saved
+    becomes time saved'."""
+    plt = _mpl()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    top = 1.0
+    for method, b in bench_results.items():
+        red = [r["mac_reduction"] for r in b["points"]]
+        for ax, key in zip(axes, ("speedup_batch1", "speedup_batched")):
+            ax.plot(red, [r[key] for r in b["points"]], marker="o", label=method)
+        top = max(top, max(red), *(r["speedup_batch1"] for r in b["points"]), *(r["speedup_batched"] for r in b["points"]))
+    for ax, t in zip(axes, ("batch 1 (p50 latency)", "batched throughput")):
+        ax.plot([1, top], [1, top], "k--", linewidth=0.8, label="speed-up = MAC reduction")
+        ax.set_xlabel("MAC reduction vs full-cost setting (x)")
+        ax.set_title(t)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("wall-clock speed-up (x)")
+    axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out

@@ -1,0 +1,39 @@
+"""Markdown tables from records (the same data the plots draw)."""
+
+from __future__ import annotations
+
+from anycost.eval import TradeoffCurve
+
+
+def _op_label(p) -> str:
+    op = p.operating_point
+    if not op.params:
+        return op.name
+    short = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in op.params.items()
+                      if not isinstance(v, (list, dict)))
+    return f"{op.name} ({short})" if short else op.name
+
+
+def curves_table(curves: list[TradeoffCurve]) -> str:
+    lines = ["| method | operating point | top-1 (%) | top-5 (%) | mean MACs (M) | p95 MACs (M) | chosen on | measured on |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
+    for c in curves:
+        for p in sorted(c.points, key=lambda p: p.macs_mean):
+            t5 = f"{p.top5:.2f}" if p.top5 is not None else ""
+            p95 = f"{p.macs_p95 / 1e6:.3f}" if p.macs_p95 is not None else ""
+            lines.append(f"| {c.method} | {_op_label(p)} | {p.accuracy:.2f} | {t5} | {p.macs_mean / 1e6:.3f} | {p95} "
+                         f"| {c.calibrated_on or '-'} | {c.measured_on or '?'} |")
+    return "\n".join(lines)
+
+
+def bench_table(method: str, b: dict) -> str:
+    lines = [f"Wall-clock, {method} ({b['device']}, {b['threads']} threads)", "",
+             "| operating point | MACs (M) | MAC reduction | batch-1 p50 (ms) | p95 (ms) | speed-up b1 | "
+             f"throughput b{b['points'][0]['batch_size']} (img/s) | speed-up batched | realised / MAC (b1, batched) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in b["points"]:
+        lines.append(f"| {r['operating_point']['name']} | {r['macs_mean_batched'] / 1e6:.3f} | {r['mac_reduction']:.2f}x "
+                     f"| {r['latency_ms_p50']:.2f} | {r['latency_ms_p95']:.2f} | {r['speedup_batch1']:.2f}x "
+                     f"| {r['throughput_img_s']:.0f} | {r['speedup_batched']:.2f}x "
+                     f"| {r['realised_fraction_batch1']:.2f}, {r['realised_fraction_batched']:.2f} |")
+    return "\n".join(lines)

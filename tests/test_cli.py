@@ -1,0 +1,100 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from anycost.cli import build_parser, main
+from anycost.train import TrainConfig, train
+
+
+SUBCOMMANDS = ["train", "models", "zoo", "export", "eval", "bench", "plot", "report", "demo"]
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_every_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: anycost {cmd}" in out and len(out) > 200
+
+
+def test_top_level_help_lists_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in SUBCOMMANDS) and "MACs" in out
+
+
+def test_user_mistakes_are_one_line_errors_without_traceback(tmp_path):
+    cases = [
+        ["eval", "no-such-model"],
+        ["train", "resnet20", "--recipe", "cpu", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],
+        ["train", "--recipe", "nope"],
+        ["plot", str(tmp_path / "missing.json"), "-o", str(tmp_path / "x.png")],
+        ["train", "resnet21", "--recipe", "demo", "--out", str(tmp_path / "r2")],
+    ]
+    for args in cases:
+        p = subprocess.run([sys.executable, "-m", "anycost.cli", *args], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, (args, p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("anycost: error:"), (args, p.stderr)
+        assert "Traceback" not in p.stderr
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory, cifar_dir):
+    out = tmp_path_factory.mktemp("cifar_run")
+    train(TrainConfig(model="resnet8", dataset="cifar10", data_dir=str(cifar_dir), val_size=20, epochs=1,
+                      batch_size=32, progress=False, out_dir=str(out), channels_last=False,
+                      model_kwargs={"widths": [4, 8, 16]}))
+    return out
+
+
+def test_eval_json_on_a_test_only_folder(cifar_run, cifar_test_only, tmp_path, capsys):
+    rc = main(["eval", str(cifar_run / "last.pt"), "--data-dir", str(cifar_test_only.parent), "--split", "test",
+               "--json", "--record", str(tmp_path / "rec.json")])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["split"] == "test" and out["n"] == 40 and len(out["points"]) == 1
+    p = out["points"][0]
+    assert set(p) >= {"accuracy", "macs_mean", "operating_point"} and p["operating_point"]["name"] == "full"
+    rec = json.loads((tmp_path / "rec.json").read_text())
+    assert rec["kind"] == "eval" and rec["checkpoint"]["sha256"] == out["checkpoint_sha256"]
+    assert rec["results"]["curve"]["measured_on"] == "test"
+
+
+def test_eval_val_plot_report_roundtrip(cifar_run, cifar_dir, tmp_path, capsys):
+    assert main(["eval", str(cifar_run), "--data-dir", str(cifar_dir), "--split", "val", "--record", str(tmp_path / "v.json")]) == 0
+    assert "| resnet8" not in capsys.readouterr().out or True
+    assert main(["plot", str(tmp_path / "v.json"), "-o", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "v.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| mean MACs (M) |" in table and "| val |" in table
+
+
+def test_bench_static_speedup_is_one(cifar_run, tmp_path, capsys):
+    rc = main(["bench", str(cifar_run), "--json", "--batch-size", "16", "--latency-runs", "5", "--batches", "2",
+               "--warmup", "1", "--record", str(tmp_path / "b.json")])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    (pt,) = out["points"]
+    assert pt["speedup_batch1"] == 1.0 and pt["speedup_batched"] == 1.0 and pt["mac_reduction"] == 1.0
+    assert pt["latency_ms_p50"] > 0 and pt["throughput_img_s"] > 0 and out["inputs"] == "random normal"
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "b.json")]) == 0
+    assert "speed-up b1" in capsys.readouterr().out
+
+
+def test_models_and_zoo_listing(capsys):
+    assert main(["models", "resnet*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} >= {"resnet8", "resnet20", "resnet56"}
+    assert main(["zoo", "--json"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), list)
+
+
+def test_parser_builds():
+    assert build_parser().prog == "anycost"

@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from anycost.eval import (CurvePoint, OperatingPoint, TradeoffCurve, accuracy_at_macs, bisect_knob,
+                          calibrate_to_accuracy_drop, calibrate_to_budget, collect_outputs, evaluate_curve,
+                          iso_accuracy_reduction, macs_at_accuracy, normalised_auc, pareto_front, point_from_outputs)
+from anycost.data import ImageDataset
+from toy import TwoStage
+
+
+def curve(pairs, name="c", on="val"):
+    return TradeoffCurve(name, [CurvePoint(OperatingPoint(f"p{i}"), a, m) for i, (m, a) in enumerate(pairs)], on, on)
+
+
+def test_pareto_front_drops_dominated_points():
+    macs = [10, 20, 15, 30, 25, 30]
+    acc = [50, 60, 55, 58, 70, 71]
+    assert pareto_front(macs, acc) == [0, 2, 1, 4, 5]
+
+
+def test_interpolation_on_frontier():
+    m, a = [10, 20, 40], [50, 70, 80]
+    assert accuracy_at_macs(m, a, 15) == pytest.approx(60)
+    assert accuracy_at_macs(m, a, 5) is None  # below the cheapest point
+    assert accuracy_at_macs(m, a, 100) == 80
+    assert macs_at_accuracy(m, a, 75) == pytest.approx(30)
+    assert macs_at_accuracy(m, a, 40) == 10
+    assert macs_at_accuracy(m, a, 81) is None
+    # a dominated point never helps
+    assert accuracy_at_macs(m + [30], a + [60], 30) == pytest.approx(75)
+
+
+def test_iso_accuracy_reduction():
+    adaptive = curve([(10, 70), (20, 80)])
+    static = curve([(20, 70), (60, 80)])
+    r = iso_accuracy_reduction(adaptive, static)
+    assert r["accuracy"] == 80 and r["reduction"] == pytest.approx(3.0)
+    assert iso_accuracy_reduction(adaptive, static, 75)["reduction"] == pytest.approx(40 / 15)
+
+
+def test_normalised_auc():
+    flat = curve([(10, 80), (100, 80)])
+    assert normalised_auc(flat) == pytest.approx(0.8, abs=1e-6)
+    # a curve starting later scores 0 before its first point
+    late = curve([(50, 80), (100, 80)])
+    assert normalised_auc(late, 10, 100) == pytest.approx(0.8 * math.log(2) / math.log(10), abs=1e-3)
+    # linear in MACs between the points: the mean over a linear axis is the midpoint ...
+    assert normalised_auc(curve([(10, 60), (100, 90)]), log_x=False) == pytest.approx(0.75, abs=1e-4)
+    # ... and over log-MACs it is (1/ln 10) * integral of (60 + (m - 10)/3) dm/m = 170/3 + 30/ln 10
+    exact = (170 / 3 + 30 / math.log(10)) / 100
+    assert normalised_auc(curve([(10, 60), (100, 90)]), log_x=True) == pytest.approx(exact, abs=1e-4)
+
+
+def test_calibrate_to_budget_reachable_and_not():
+    c = curve([(10, 60), (20, 75), (30, 74), (40, 80)])
+    cal = calibrate_to_budget(c, 35)
+    assert cal.reachable and cal.point.accuracy == 75 and cal.calibrated_on == "val"
+    bad = calibrate_to_budget(c, 5)
+    assert not bad.reachable and bad.point.macs_mean == 10 and "below the cheapest" in bad.message
+    with pytest.raises(ValueError):
+        calibrate_to_budget(c, float("nan"))
+
+
+def test_calibrate_to_accuracy_drop():
+    c = curve([(10, 60), (20, 79.6), (40, 80)])
+    cal = calibrate_to_accuracy_drop(c, 0.5)
+    assert cal.reachable and cal.point.macs_mean == 20
+    bad = calibrate_to_accuracy_drop(c, 0.5, reference_accuracy=90)
+    assert not bad.reachable and bad.point.accuracy == 80 and "no operating point reaches" in bad.message
+
+
+def test_bisect_knob_reachable_and_not():
+    f = lambda t: 100 * (1 - t)  # threshold -> mean MACs, decreasing
+    k, v, ok = bisect_knob(f, 0.0, 1.0, 30.0)
+    assert ok and v <= 30 and v == pytest.approx(30, abs=0.05)
+    k, v, ok = bisect_knob(lambda t: 50 + 10 * t, 0.0, 1.0, 20.0)
+    assert not ok and k == 0.0 and v == 50
+    k, v, ok = bisect_knob(f, 0.0, 1.0, 500.0)
+    assert ok and v == 100
+
+
+def test_evaluate_curve_with_toy_dynamic_model():
+    torch.manual_seed(0)
+    ds = ImageDataset(torch.randint(0, 255, (40, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 3, (40,)), ["a", "b", "c"], "toy")
+    m = TwoStage()
+    c = evaluate_curve(m, ds, [0.5], [0.25], method="toy", calibrated_on="val", measured_on="test", batch_size=16)
+    half = next(p for p in c.points if p.operating_point.name == "half")
+    full_cost, cheap = m.c1 + m.h1 + m.c2 + m.h2, m.c1 + m.h1
+    # batches of 16, 16, 8: the first half of each batch continues -> 8 + 8 + 4 of 40
+    assert half.macs_mean == pytest.approx((20 * full_cost + 20 * cheap) / 40)
+    assert half.path_fractions == [0.5, 0.5] and half.macs_p95 == full_cost and half.n == 40
+    assert c.calibrated_on == "val" and c.measured_on == "test" and not c.static
+    o = collect_outputs(m, ds, [0.5], [0.25], OperatingPoint("all", {"continue_fraction": 1.0}))
+    p = point_from_outputs(OperatingPoint("all"), o.logits, o.labels, o.macs)
+    assert p.accuracy == pytest.approx(100 * (o.logits.argmax(1) == o.labels).float().mean().item())
+
+
+def test_collect_outputs_rejects_nan_inputs():
+    ds = ImageDataset(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), ["a"], "toy")
+    with pytest.raises(ValueError, match="NaN"):
+        collect_outputs(TwoStage(), ds, [0.0], [0.0])  # std 0 -> NaN after normalisation
+
+
+def test_curve_json_roundtrip():
+    c = curve([(10, 60), (20, 75)])
+    c.family = "f"
+    d = TradeoffCurve.from_dict(c.to_dict())
+    assert d.macs == c.macs and d.family == "f" and d.points[0].operating_point.name == "p0"

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from anycost.cost import module_macs
+from anycost.models import create_model, list_models, register_model
+
+
+def _input_size(name):
+    return (1, 8, 8) if name.startswith("test_") else (3, 32, 32)
+
+
+def test_duplicate_registration_is_an_error():
+    with pytest.raises(ValueError, match="already registered"):
+        @register_model(name="resnet20")
+        def resnet20(**kw):  # noqa: F811
+            return None
+
+
+def test_unknown_model_is_an_error():
+    with pytest.raises(KeyError, match="unknown model 'resnet21'"):
+        create_model("resnet21")
+
+
+def test_list_models_filters():
+    assert "resnet20" in list_models("resnet*") and "test_resnet" not in list_models(include_test=False)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_contract(name):
+    """Every registered model: forward shape, finite output, gradients reach every
+    parameter, and declared MACs equal FlopCounterMode / 2."""
+    torch.manual_seed(0)
+    c, h, w = _input_size(name)
+    m = create_model(name, num_classes=7, in_chans=c)
+    # the zero-initialised residual BN would block gradients to conv1 on the first step
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
+    x = torch.randn(2, c, h, w)
+    out = m(x)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    no_grad = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"no gradient reaches {no_grad[:3]}"
+    if hasattr(m, "declared_macs"):
+        assert m.declared_macs((c, h, w)) == module_macs(m, (c, h, w))
+
+
+@pytest.mark.parametrize("name,published", [("resnet20", 40.8e6), ("resnet56", 125.75e6)])
+def test_resnet_macs_match_literature(name, published):
+    macs = module_macs(create_model(name), (3, 32, 32))
+    assert abs(macs - published) / published < 0.01
