@@ -72,6 +72,9 @@ def test_split_defaults_and_test_only_folder(cifar_dir, cifar_test_only, tmp_pat
     d = load_dataset("cifar10", str(cifar_dir), val_size=30)
     assert len(d.train) == 70 and len(d.val) == 30 and len(d.test) == 30
     assert d.split_info["val_indices"] == list(range(70, 100))  # the last images are validation
+    calib, hold = d.get("calib"), d.get("holdout")
+    assert len(calib) == len(hold) == 15
+    assert torch.equal(torch.cat([calib.images, hold.images]), d.val.images)
     t = load_dataset("cifar10", str(cifar_test_only))
     assert len(t.test) == 40
     for f in cifar_dir.iterdir():  # training files only, as in ../shared/data
@@ -154,3 +157,27 @@ def test_loader_normalises_and_shards():
 def test_shared_cifar_copy_loads():
     d = load_cifar(SHARED_CIFAR, split="train")
     assert d.images.shape == (50000, 3, 32, 32) and torch.bincount(d.labels).tolist() == [5000] * 10
+
+
+def test_cifar100_layout(tmp_path):
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 5)):
+        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": rng.integers(0, 100, n).tolist(),
+             "coarse_labels": rng.integers(0, 20, n).tolist(), "filenames": ["x"] * n}
+        (root / split).write_bytes(pickle.dumps(d, protocol=2))
+    (root / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)],
+                                              "coarse_label_names": [f"s{i}" for i in range(20)]}, protocol=2))
+    s = load_dataset("cifar100", str(tmp_path), val_size=2)
+    assert s.num_classes == 100 and len(s.train) == 10 and len(s.test) == 5
+
+
+def test_cli_download_flag_fails_clearly(tmp_path, monkeypatch, capsys):
+    import anycost.data as D
+    from anycost.cli import main
+
+    real = D.download_cifar
+    monkeypatch.setattr(D, "download_cifar", lambda root, ds: real(root, ds, url="http://127.0.0.1:9/x.tar.gz"))
+    assert main(["train", "resnet8", "--recipe", "cpu", "--download", "--data-dir", str(tmp_path)]) == 2
+    assert "download of cifar10 failed" in capsys.readouterr().err

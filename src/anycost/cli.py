@@ -39,6 +39,13 @@ def cmd_train(a) -> int:
     from anycost.train import TrainConfig, load_recipe, train
 
     d = load_recipe(a.recipe)
+    if a.download:
+        from anycost.data import download_cifar
+
+        ds = a.dataset or d.get("dataset")
+        if ds not in ("cifar10", "cifar100") or not a.data_dir:
+            raise UserError("--download works for cifar10/cifar100 and needs --data-dir (where to put the files)")
+        a.data_dir = str(download_cifar(a.data_dir, ds))
     overrides = {"model": a.model, "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs,
                  "batch_size": a.batch_size, "lr": a.lr, "device": a.device, "threads": a.threads,
                  "seed": a.seed, "compile": a.compile, "val_size": a.val_size}
@@ -136,6 +143,12 @@ def cmd_eval(a) -> int:
 
     model, meta = resolve_model(a.model)
     model.to(a.device)
+    if a.download:
+        from anycost.data import download_cifar
+
+        if not a.data_dir:
+            raise UserError("--download needs --data-dir (where to put the files)")
+        a.data_dir = str(download_cifar(a.data_dir, a.dataset or meta.get("dataset") or "cifar10"))
     ds, dataset = _eval_split(meta, a.dataset, a.data_dir, a.split)
     norm = meta["normalization"]
     if tuple(ds.images.shape[1:]) != tuple(meta["input_size"]):
@@ -269,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", default="cpu", help="packaged recipe (cpu, paper, demo) or path to a .json (default: cpu)")
     t.add_argument("--dataset", choices=["cifar10", "cifar100", "digits", "folder"])
     t.add_argument("--data-dir", help="CIFAR batches folder or its parent; for 'folder', one sub-folder per class")
+    t.add_argument("--download", action="store_true", help="download CIFAR into --data-dir first (needs internet; never implicit)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, help="peak learning rate")
@@ -315,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="zoo name, checkpoint .pt or run folder")
     e.add_argument("--data-dir", help="dataset folder (CIFAR: the batches folder or its parent)")
     e.add_argument("--dataset", help="override the dataset the model was trained on")
-    e.add_argument("--split", choices=["val", "test", "train"], default="val",
-                   help="val: carved from the training files as in training; test: needs only test_batch + batches.meta")
+    e.add_argument("--download", action="store_true", help="download CIFAR into --data-dir first (needs internet; never implicit)")
+    e.add_argument("--split", choices=["val", "calib", "holdout", "test", "train"], default="val",
+                   help="val: carved from the training files as in training (calib/holdout: its first/second half); "
+                        "test: needs only test_batch + batches.meta")
     e.add_argument("--batch-size", type=int, default=1000)
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", action="store_true", help="print one JSON object (model, split, points, ...)")
@@ -330,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the MAC reduction. Give --data-dir so dynamic models route on real images.")
     b.add_argument("model", help="zoo name, checkpoint .pt or run folder")
     b.add_argument("--data-dir")
-    b.add_argument("--split", default="val", choices=["val", "test", "train"])
+    b.add_argument("--split", default="val", choices=["val", "calib", "holdout", "test", "train"],
+                   help="which images to time on (with --data-dir)")
     b.add_argument("--batch-size", type=int, default=256, help="batch for throughput (default 256)")
     b.add_argument("--latency-runs", type=int, default=100, help="timed batch-1 calls per point")
     b.add_argument("--batches", type=int, default=5, help="timed full batches per point")

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 DATASETS = ("cifar10", "cifar100", "digits", "folder")
+SPLITS = ("train", "val", "calib", "holdout", "test")
 
 
 class DataError(RuntimeError):
@@ -135,11 +136,17 @@ class SplitData:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
     def get(self, split: str) -> ImageDataset:
+        """train, val, test, or the two halves of val: 'calib' (first half: where dynamic
+        models choose operating points) and 'holdout' (second half: where they are measured)."""
+        if split in ("calib", "holdout") and self.val is not None:
+            half = len(self.val) // 2
+            idx = torch.arange(half) if split == "calib" else torch.arange(half, len(self.val))
+            return self.val.subset(idx, f"{self.val.name.rsplit('-', 1)[0]}-{split}")
         ds = {"train": self.train, "val": self.val, "test": self.test}.get(split)
         if ds is None:
             if split == "test":
                 raise DataError("the test split is not available: its files (e.g. test_batch) are not in the data folder")
-            raise DataError(f"split '{split}' is not available (choose from train, val, test)")
+            raise DataError(f"split '{split}' is not available (choose from {', '.join(SPLITS)})")
         return ds
 
 
