@@ -48,7 +48,7 @@ def cmd_train(a) -> int:
         a.data_dir = str(download_cifar(a.data_dir, ds))
     overrides = {"model": a.model, "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs,
                  "batch_size": a.batch_size, "lr": a.lr, "device": a.device, "threads": a.threads,
-                 "seed": a.seed, "compile": a.compile, "val_size": a.val_size}
+                 "seed": a.seed, "compile": a.compile, "val_size": a.val_size, "init_from": a.init_from}
     d.update({k: v for k, v in overrides.items() if v is not None})
     d.update(_parse_set(a.set))
     if a.no_progress:
@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the training step")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any TrainConfig field (repeatable)")
+    t.add_argument("--init-from", help="start from a trained model (zoo name, .pt or run folder); its weights go "
+                                       "into the new model's backbone, e.g. resnet20.cifar10 for ee_resnet20")
     t.add_argument("--out", help="run folder (default: runs/MODEL-DATASET-RECIPE-sSEED)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")

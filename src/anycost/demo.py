@@ -1,9 +1,13 @@
 """``anycost demo``: the main job on the embedded default, offline, in about a minute.
 
 It trains small models on scikit-learn's 8x8 digits (shipped with the package, no
-download), measures each on the validation split through the measurement spine, prints
-an accuracy-vs-MACs table and writes a plot and a JSON record. Every method family adds
-its curve here as it lands.
+download), chooses every operating point on the 'calib' half of the validation split and
+measures every model on the other half ('holdout'), prints an accuracy-vs-MACs table and
+writes a plot and a JSON record. Each method family adds its curves here:
+
+* static ResNets of several widths/depths (markers);
+* early exit: a jointly trained multi-exit ResNet with threshold, learned and oracle
+  policies, and network selection over the static members (Bolukbasi et al.).
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from anycost.calibrate import cache_split, calibrate
 from anycost.data import load_dataset
 from anycost.eval import evaluate_curve
+from anycost.models import create_model
 from anycost.plot import plot_curves
 from anycost.records import make_record, write_json_atomic
 from anycost.report import curves_table
-from anycost.train import TrainConfig, load_recipe
+from anycost.selection import Cascade
+from anycost.train import TrainConfig, load_recipe, train
 
 # (display name, registered model, constructor kwargs): a static family spanning ~15x in MACs
 STATIC_FAMILY = [
@@ -26,6 +35,15 @@ STATIC_FAMILY = [
     ("resnet14-w8", "resnet14", {"widths": [8, 16, 32]}),
     ("resnet8-w16", "resnet8", {"widths": [16, 32, 64]}),
 ]
+CASCADE = ["resnet8-w4", "resnet8-w8", "resnet8-w16"]
+MEASURE, CALIB = "holdout", "calib"
+
+
+def _train(base: TrainConfig, out: Path, name: str, model: str, kw: dict, data):
+    torch.manual_seed(base.seed)
+    net = create_model(model, num_classes=data.num_classes, in_chans=data.input_size[0], **kw)
+    train(replace(base, model=model, model_kwargs=kw, out_dir=str(out / "runs" / name)), model=net, data=data)
+    return net.eval()
 
 
 def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 0, progress: bool = True) -> dict:
@@ -34,29 +52,43 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     data = load_dataset("digits", split_seed=seed)
     base = TrainConfig.from_dict(load_recipe("demo"))
     base = replace(base, seed=seed, progress=False, epochs=epochs or base.epochs)
-    curves, runs = [], {}
+    curves, runs, nets = [], {}, {}
+    say = print if progress else (lambda *a, **k: None)
+    hold = data.get(MEASURE)
+
+    say("static ResNets")
     for name, model, kw in STATIC_FAMILY:
         t0 = time.perf_counter()
-        cfg = replace(base, model=model, model_kwargs=kw, out_dir=str(out / "runs" / name))
-        from anycost.train import train
-        from anycost.zoo import load_model_file
-
-        train(cfg, data=data)
-        net, _ = load_model_file(out / "runs" / name / "last.pt")
-        c = evaluate_curve(net, data.val, data.mean, data.std, method=name, measured_on="val")
+        nets[name] = _train(base, out, name, model, kw, data)
+        c = evaluate_curve(nets[name], hold, data.mean, data.std, method=name, measured_on=MEASURE)
         c.family = "static ResNet"
         curves.append(c)
-        runs[name] = {"seconds": time.perf_counter() - t0, "config": cfg.__dict__}
-        if progress:
-            p = c.points[0]
-            print(f"  trained {name:<14} {p.accuracy:6.2f}%  {p.macs_mean / 1e6:7.3f} M MACs  ({runs[name]['seconds']:.1f}s)")
-    rec = make_record("demo", {"dataset": "digits", "epochs": base.epochs, "seed": seed},
-                      {"curves": [c.to_dict() for c in curves], "runs": runs,
-                       "seconds": time.perf_counter() - t_start}, seed=seed, split=data.split_info)
+        runs[name] = {"seconds": time.perf_counter() - t0}
+        p = c.points[0]
+        say(f"  {name:<16} {p.accuracy:6.2f}%  {p.macs_mean / 1e6:7.3f} M MACs  ({runs[name]['seconds']:.1f}s)")
+
+    say("early exit (Bolukbasi et al.): multi-exit ResNet, policies chosen on calib")
+    t0 = time.perf_counter()
+    ee = _train(base, out, "ee-resnet8-w16", "test_ee_resnet", {"widths": [16, 32, 64]}, data)
+    res = calibrate(ee, cache_split(ee, data, CALIB), cache_split(ee, data, MEASURE), metrics=("maxprob",), name="multi-exit")
+    curves += [c for c in res["curves"] if "fixed exit" not in c.method]
+    runs["ee-resnet8-w16"] = {"seconds": time.perf_counter() - t0}
+    say(f"  multi-exit resnet8-w16 trained and calibrated ({runs['ee-resnet8-w16']['seconds']:.1f}s)")
+
+    say("network selection: " + " -> ".join(CASCADE))
+    casc = Cascade([nets[n] for n in CASCADE], data.input_size, CASCADE)
+    res = calibrate(casc, cache_split(casc, data, CALIB), cache_split(casc, data, MEASURE), metrics=("maxprob",),
+                    jump=True, name="selection")
+    curves += [c for c in res["curves"] if "learned" in c.method or "threshold" in c.method]
+
+    rec = make_record("demo", {"dataset": "digits", "epochs": base.epochs, "seed": seed, "calibrated_on": CALIB,
+                               "measured_on": MEASURE},
+                      {"curves": [c.to_dict() for c in curves], "runs": runs, "seconds": time.perf_counter() - t_start},
+                      seed=seed, split=data.split_info)
     write_json_atomic(out / "demo_record.json", rec)
-    plot_curves(curves, out / "demo.png", title="anycost demo: digits (8x8), validation split")
+    plot_curves(curves, out / "demo.png", title=f"anycost demo: digits (8x8), measured on {MEASURE}")
     if progress:
-        print()
-        print(curves_table(curves))
+        print("\nPareto points of each curve (all points are in the record):\n")
+        print(curves_table(curves, frontier_only=True))
         print(f"\nrecord: {out / 'demo_record.json'}\nplot:   {out / 'demo.png'}  ({time.perf_counter() - t_start:.0f}s)")
     return rec

@@ -56,7 +56,10 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
         if c.static:
             continue
         pts = sorted(zip(c.macs, c.accuracies))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linewidth=1.5, label=c.method)
+        if len(pts) == 1:  # a single dynamic point (e.g. the oracle) as a star
+            ax.plot(pts[0][0], pts[0][1], marker="*", markersize=13, linestyle="none", label=c.method)
+        else:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linewidth=1.5, label=c.method)
     ax.set_xscale("log")
     ax.set_xlabel("MACs per image (mean, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")

@@ -93,7 +93,7 @@ def first_true(mask: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- outcomes
 
 
-def _point(cache: ExitCache, exit_idx: Tensor, spent: Tensor, op: OperatingPoint) -> CurvePoint:
+def policy_point(cache: ExitCache, exit_idx: Tensor, spent: Tensor, op: OperatingPoint) -> CurvePoint:
     n = cache.labels.shape[0]
     chosen = cache.logits[exit_idx, torch.arange(n)]
     return point_from_outputs(op, chosen, cache.labels, spent, exit_idx, cache.num_exits)
@@ -109,7 +109,7 @@ def threshold_exits(cache: ExitCache, t: float, metric: str = "maxprob") -> Tens
 def threshold_point(cache: ExitCache, t: float, metric: str = "maxprob") -> CurvePoint:
     ex = threshold_exits(cache, t, metric)
     op = OperatingPoint(f"{metric}>={t:.4g}", {"policy": "threshold", "metric": metric, "threshold": float(t)})
-    return _point(cache, ex, cache.macs[ex].double(), op)
+    return policy_point(cache, ex, cache.macs[ex].double(), op)
 
 
 def threshold_curve(cache: ExitCache, metric: str = "maxprob", n: int = 25) -> TradeoffCurve:
@@ -139,7 +139,7 @@ def oracle_exits(cache: ExitCache) -> Tensor:
 
 def oracle_point(cache: ExitCache) -> CurvePoint:
     ex = oracle_exits(cache)
-    return _point(cache, ex, cache.macs[ex].double(), OperatingPoint("oracle", {"policy": "oracle"}))
+    return policy_point(cache, ex, cache.macs[ex].double(), OperatingPoint("oracle", {"policy": "oracle"}))
 
 
 # --------------------------------------------------------------------------- learned policy
@@ -269,7 +269,7 @@ def apply_policy(cache: ExitCache, params: dict) -> tuple[Tensor, Tensor]:
 def learned_point(cache: ExitCache, params: dict, name: str | None = None) -> CurvePoint:
     ex, spent = apply_policy(cache, params)
     op = OperatingPoint(name or f"learned lam={params['lam']:.3g}", params)
-    return _point(cache, ex, spent, op)
+    return policy_point(cache, ex, spent, op)
 
 
 def learned_curve(cache: ExitCache, lams=None, *, jump: bool = False, measure: ExitCache | None = None) -> TradeoffCurve:

@@ -5,23 +5,16 @@ from __future__ import annotations
 from anycost.eval import TradeoffCurve
 
 
-def _op_label(p) -> str:
-    op = p.operating_point
-    if not op.params:
-        return op.name
-    short = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in op.params.items()
-                      if not isinstance(v, (list, dict)))
-    return f"{op.name} ({short})" if short else op.name
-
-
-def curves_table(curves: list[TradeoffCurve]) -> str:
+def curves_table(curves: list[TradeoffCurve], frontier_only: bool = False) -> str:
+    """One row per operating point (``frontier_only``: only each curve's Pareto points)."""
     lines = ["| method | operating point | top-1 (%) | top-5 (%) | mean MACs (M) | p95 MACs (M) | chosen on | measured on |",
              "|---|---|---:|---:|---:|---:|---|---|"]
     for c in curves:
-        for p in sorted(c.points, key=lambda p: p.macs_mean):
+        pts = c.frontier().points if frontier_only else c.points
+        for p in sorted(pts, key=lambda p: p.macs_mean):
             t5 = f"{p.top5:.2f}" if p.top5 is not None else ""
             p95 = f"{p.macs_p95 / 1e6:.3f}" if p.macs_p95 is not None else ""
-            lines.append(f"| {c.method} | {_op_label(p)} | {p.accuracy:.2f} | {t5} | {p.macs_mean / 1e6:.3f} | {p95} "
+            lines.append(f"| {c.method} | {p.operating_point.name} | {p.accuracy:.2f} | {t5} | {p.macs_mean / 1e6:.3f} | {p95} "
                          f"| {c.calibrated_on or '-'} | {c.measured_on or '?'} |")
     return "\n".join(lines)
 

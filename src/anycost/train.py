@@ -62,6 +62,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     out_dir: str = "runs/train"
     progress: bool = True
+    init_from: str | None = None  # zoo name, checkpoint or run folder whose weights start the (back)bone
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -124,6 +125,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def init_weights(model: nn.Module, spec: str) -> None:
+    """Start from a trained model: its weights go into ``model.backbone`` when the model has
+    one (multi-exit, LC-Net, ...), else into the model itself. Shapes must match exactly."""
+    from anycost.zoo import resolve_model
+
+    src, _ = resolve_model(spec)
+    target = getattr(model, "backbone", model)
+    load_state_dict_strict(target, src.state_dict(), f"init_from '{spec}'")
+
+
 class StopTraining(Exception):
     """Raised by an ``on_step`` callback to stop a run (tests simulate a kill with it)."""
 
@@ -143,6 +154,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
     torch.manual_seed(cfg.seed)
     if model is None:
         model = create_model(cfg.model, num_classes=data.num_classes, in_chans=data.input_size[0], **cfg.model_kwargs)
+    if cfg.init_from and not resume:
+        init_weights(model, cfg.init_from)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

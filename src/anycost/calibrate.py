@@ -1,0 +1,64 @@
+"""Calibrate a multi-exit model or a cascade: cache per-exit outputs once per split, choose
+policies on the calibration split, measure them on another split (vectorised, on the
+cached outputs: the tests check that real routed execution makes the same decisions).
+
+The result holds one curve per policy family (thresholds per metric, learned policy,
+fixed exits, oracle) and a short list of operating points to ship with the model, so that
+``anycost eval`` re-measures them with real execution on any split.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from anycost.data import BatchLoader, SplitData
+from anycost.eval import CurvePoint, OperatingPoint, TradeoffCurve, calibrate_to_budget
+from anycost.policies import (METRICS, ExitCache, apply_policy, calibrate_threshold, confidence, learn_policy,
+                              learned_point, oracle_point, policy_point, threshold_point)
+
+
+def cache_split(model, data: SplitData, split: str, batch_size: int = 500, device="cpu", mean=None, std=None) -> ExitCache:
+    loader = BatchLoader(data.get(split), batch_size, mean or data.mean, std or data.std, device=device)
+    return model.cache_outputs(loader, split)
+
+
+def _fixed_point(cache: ExitCache, e: int) -> CurvePoint:
+    params = {"policy": "fixed", "exit": e}
+    return policy_point(cache, *apply_policy(cache, params), OperatingPoint(f"exit{e}", params))
+
+
+def calibrate(model, cal: ExitCache, mea: ExitCache, *, metrics=METRICS, n_thresholds: int = 12, lams=None,
+              jump: bool = False, name: str = "model") -> dict:
+    """Curves chosen on ``cal`` and measured on ``mea``; plus the operating points to ship."""
+    curves, ship = [], []
+    for metric in metrics:
+        conf = confidence(cal.logits[:-1], metric).flatten().float()
+        ts = sorted(set(torch.quantile(conf, torch.linspace(0.02, 0.98, n_thresholds)).tolist())) + [float("inf")]
+        pts = [threshold_point(mea, t, metric) for t in ts]
+        curves.append(TradeoffCurve(f"{name}: threshold ({metric})", pts, cal.split, mea.split, family="early exit"))
+        if metric == metrics[0]:
+            ship += [p.operating_point for p in pts]
+    lams = lams if lams is not None else [0.0] + torch.logspace(-2.5, 0.5, 11).tolist()
+    learned = [learn_policy(cal, lam, jump=jump) for lam in lams]
+    pts = [learned_point(mea, params) for params in learned]
+    curves.append(TradeoffCurve(f"{name}: learned policy", pts, cal.split, mea.split, family="early exit"))
+    ship += [p.operating_point for p in pts]
+    curves.append(TradeoffCurve(f"{name}: fixed exit", [_fixed_point(mea, e) for e in range(mea.num_exits)],
+                                None, mea.split, family="early exit"))
+    curves.append(TradeoffCurve(f"{name}: oracle (lower bound)", [oracle_point(mea)], None, mea.split, family="early exit"))
+    return {"curves": curves, "operating_points": ship}
+
+
+def calibrate_budget(cal: ExitCache, budget: float, policy: str = "threshold", metric: str = "maxprob", lams=None) -> dict:
+    """One operating point for a mean-MAC budget, chosen on ``cal``; says if it was reachable."""
+    if policy == "threshold":
+        pt, ok = calibrate_threshold(cal, budget, metric)
+        msg = (f"threshold {pt.operating_point['threshold']:.4f}: {pt.accuracy:.2f}% at {pt.macs_mean / 1e6:.3f} M MACs"
+               if ok else f"budget {budget / 1e6:.3f} M MACs is below the cheapest exit ({pt.macs_mean / 1e6:.3f} M)")
+        return {"reachable": ok, "point": pt, "message": msg}
+    if policy == "learned":
+        lams = lams if lams is not None else [0.0] + torch.logspace(-3, 1, 25).tolist()
+        curve = TradeoffCurve("learned", [learned_point(cal, learn_policy(cal, lam)) for lam in lams], cal.split, cal.split)
+        c = calibrate_to_budget(curve, budget)
+        return {"reachable": c.reachable, "point": c.point, "message": c.message}
+    raise ValueError(f"budget calibration supports threshold or learned policies, not '{policy}'")
