@@ -157,3 +157,26 @@ def test_cascade_jump_skips_the_middle_network(cascade, digits):
     assert torch.all(out.macs == m[0] + m[2] + 2 * 4) and torch.all(out.path == 2)
     chk = check_reported_macs(cascade, _x(digits, n=10), op)
     assert chk.counted == 10 * (m[0] + m[2] + 2 * 4)
+
+
+def test_exit_wrapper_on_a_torchvision_backbone():
+    """Exits at named layers of torchvision's resnet18, its forward untouched: real early
+    exit, honest MACs, and the same answers as the unwrapped network at the last exit."""
+    from torchvision.models import resnet18
+
+    from anycost.models.early_exit import ExitWrapper
+
+    torch.manual_seed(0)
+    net = resnet18(num_classes=10).eval()
+    w = ExitWrapper(net, ["layer1", "layer2", "layer3"], 10, (3, 32, 32)).eval()
+    x = torch.randn(6, 3, 32, 32)
+    assert torch.allclose(w.infer(x).logits, net(x), atol=1e-4)
+    assert w.exit_macs == sorted(w.exit_macs) and w.exit_macs[-1] == w.full_macs + sum(w.head_macs)
+    for op in (OperatingPoint("t", {"policy": "threshold", "metric": "maxprob", "threshold": 0.105}),
+               OperatingPoint("f1", {"policy": "fixed", "exit": 1}), OperatingPoint("full", {"policy": "fixed", "exit": 3})):
+        chk = check_reported_macs(w, x, op)
+        assert chk.ok and chk.rel_err < 1e-6, (op.name, str(chk))
+    out = w.infer(x, OperatingPoint("f0", {"policy": "fixed", "exit": 0}))
+    assert torch.all(out.path == 0) and torch.all(out.macs == w.exit_macs[0])
+    with pytest.raises(KeyError, match="no layer named 'layer9'"):
+        ExitWrapper(net, ["layer9"], 10, (3, 32, 32))

@@ -226,6 +226,71 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_calibrate(a) -> int:
+    from anycost.calibrate import cache_split, calibrate, calibrate_budget
+    from anycost.data import load_dataset
+    from anycost.eval import TradeoffCurve
+    from anycost.policies import apply_policy, policy_point
+    from anycost.records import make_record, write_json_atomic
+    from anycost.report import curves_table
+    from anycost.selection import Cascade
+    from anycost.zoo import export_cascade, export_to_zoo, resolve_model, set_operating_points
+
+    if a.cascade:
+        members = [resolve_model(m) for m in a.cascade]
+        metas = [m for _, m in members]
+        if any(m["normalization"] != metas[0]["normalization"] for m in metas):
+            raise UserError("cascade members were trained with different input normalisation")
+        model = Cascade([n for n, _ in members], tuple(metas[0]["input_size"]), list(a.cascade))
+        meta = metas[0]
+        name = a.name or "selection"
+    else:
+        if not a.model:
+            raise UserError("give a multi-exit MODEL or --cascade M1 M2 ...")
+        model, meta = resolve_model(a.model)
+        if not hasattr(model, "cache_outputs"):
+            raise UserError(f"{a.model} is a static model: calibrate needs a multi-exit model or --cascade")
+        name = a.name or _model_name(a.model, meta)
+    model.to(a.device)
+    sp = meta.get("split") or {}
+    data = load_dataset(a.dataset or meta.get("dataset") or "digits", a.data_dir, sp.get("val_size"), sp.get("split_seed") or 0)
+    norm = meta["normalization"]
+    if a.calib_split == a.split:
+        raise UserError("--calib-split and --split must differ: choosing and measuring on the same images is optimistic")
+    cal = cache_split(model, data, a.calib_split, a.batch_size, a.device, norm["mean"], norm["std"])
+    mea = cache_split(model, data, a.split, a.batch_size, a.device, norm["mean"], norm["std"])
+    res = calibrate(model, cal, mea, metrics=tuple(a.metrics.split(",")), jump=bool(a.cascade), name=name)
+    curves: list[TradeoffCurve] = res["curves"]
+    ops = [o.to_dict() for o in res["operating_points"]]
+    budget = None
+    if a.budget is not None:
+        b = calibrate_budget(cal, a.budget, a.policy)
+        measured = policy_point(mea, *apply_policy(mea, b["point"].operating_point.params), b["point"].operating_point)
+        budget = {"target_macs": a.budget, "reachable": b["reachable"], "message": b["message"],
+                  "chosen_on_calib": b["point"].to_dict(), "measured": measured.to_dict()}
+        ops = [b["point"].operating_point.to_dict()]
+        print(f"budget {a.budget / 1e6:.3f} M MACs ({a.policy}): {'reachable' if b['reachable'] else 'NOT reachable'}; "
+              f"{b['message']}; on {a.split}: {measured.accuracy:.2f}% at {measured.macs_mean / 1e6:.3f} M MACs")
+    rec = make_record("calibrate", {"model": a.model, "cascade": a.cascade, "calib_split": a.calib_split,
+                                    "split": a.split, "metrics": a.metrics, "budget": a.budget, "policy": a.policy},
+                      {"curves": [c.to_dict() for c in curves], "operating_points": ops, "budget": budget},
+                      device=a.device)
+    rec_path = a.record or f"runs/calibrate/{name}.json"
+    write_json_atomic(rec_path, rec)
+    if a.export:
+        if a.cascade:
+            out = export_cascade(a.export, list(a.cascade), ops, a.calib_split, model.net_macs, meta.get("dataset"))
+        elif Path(a.model).is_dir():
+            out = export_to_zoo(a.model, a.export, extra_meta={"operating_points": ops, "calibrated_on": a.calib_split})
+        else:
+            out = set_operating_points(a.export, ops, a.calib_split)
+        print(f"exported {len(ops)} operating points with the model: {out}")
+    if budget is None:
+        print(curves_table(curves, frontier_only=True))
+    print(f"\nchosen on: {a.calib_split}; measured on: {a.split}; record: {rec_path}")
+    return 0
+
+
 def cmd_plot(a) -> int:
     from anycost.plot import load_curves, plot_curves
 
@@ -359,6 +424,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     b.add_argument("--record", help="where to write the record (default runs/bench/NAME.json)")
     b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("calibrate", help="choose exit/selection policies on one split, measure them on another",
+                       epilog=EPILOG, description="Cache every exit's outputs (or every cascade member's) on the "
+                       "calibration split, build threshold (max-prob, entropy, margin), learned (Bolukbasi et al.'s "
+                       "weighted binary reduction, swept over lambda) and oracle policies there, and measure them "
+                       "on --split. --budget picks one operating point for a mean-MAC budget and says whether it "
+                       "is reachable. --export stores the chosen operating points with the model in the zoo.")
+    c.add_argument("model", nargs="?", help="multi-exit model: zoo name, .pt or run folder")
+    c.add_argument("--cascade", nargs="+", metavar="MODEL", help="network selection over these classifiers, cheapest first")
+    c.add_argument("--data-dir")
+    c.add_argument("--dataset", help="override the dataset recorded with the model")
+    c.add_argument("--calib-split", default="calib", help="where policies are chosen (default: calib, the first half of val)")
+    c.add_argument("--split", default="holdout", help="where they are measured (default: holdout, the second half of val)")
+    c.add_argument("--metrics", default="maxprob,entropy,margin", help="threshold confidence metrics, comma-separated")
+    c.add_argument("--budget", type=float, help="target mean MACs per image, e.g. 20e6")
+    c.add_argument("--policy", default="threshold", choices=["threshold", "learned"], help="policy for --budget")
+    c.add_argument("--name", help="method name in records and plots")
+    c.add_argument("--export", metavar="ZOO_NAME", help="store the operating points with the model under this zoo name")
+    c.add_argument("--batch-size", type=int, default=500)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--record", help="record path (default runs/calibrate/NAME.json)")
+    c.set_defaults(func=cmd_calibrate)
 
     pl = sub.add_parser("plot", help="plot accuracy vs MACs from records (never runs a model)", epilog=EPILOG,
                         description="Draw top-1 accuracy against mean MACs per image (log axis) for every curve "

@@ -90,6 +90,25 @@ def first_true(mask: Tensor) -> Tensor:
     return torch.where(mask, idx, torch.full_like(idx, e)).min(0).values
 
 
+def gate_decide(logits: Tensor, gate: dict) -> Tensor:
+    """A learned linear gate on an exit's logits: (A, K) -> (A,) bool. The features @ weight
+    product is an (A, F) x (F, 1) matmul: F MACs per input, which FlopCounterMode counts."""
+    w, b = LinearGate.folded(gate)
+    return (features(logits) @ w.to(logits.device)[:, None]).squeeze(1) + b > 0
+
+
+def decide(logits: Tensor, d: int, op) -> tuple[Tensor, int]:
+    """Stop decisions at decision point ``d`` for an operating point, and MACs per decision."""
+    kind = op.get("policy", "fixed")
+    if kind == "threshold":
+        return confidence(logits, op.get("metric", "maxprob")) >= op["threshold"], 0
+    if kind == "fixed":
+        return torch.full((logits.shape[0],), d == int(op["exit"]), dtype=torch.bool, device=logits.device), 0
+    if kind == "learned":
+        return gate_decide(logits, op["gates"][d]), NUM_FEATURES
+    raise ValueError(f"unknown policy '{kind}' (threshold, learned or fixed)")
+
+
 # --------------------------------------------------------------------------- outcomes
 
 

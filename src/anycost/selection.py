@@ -13,7 +13,7 @@ from torch import Tensor
 
 from anycost.cost import DynamicOutput, module_macs
 from anycost.eval import OperatingPoint
-from anycost.policies import NUM_FEATURES, ExitCache, LinearGate, confidence, features
+from anycost.policies import NUM_FEATURES, ExitCache, decide, gate_decide
 from anycost.routing import BatchRouter
 
 
@@ -45,10 +45,6 @@ class Cascade(nn.Module):
         m = torch.tensor(self.net_macs, dtype=torch.float64)
         return ExitCache(torch.cat(outs, 1), torch.cat(labels), m.cumsum(0), m[0] + m, split=split)
 
-    def _gate(self, z: Tensor, d: dict) -> Tensor:
-        w, b = LinearGate.folded(d)
-        return (features(z) @ w.to(z.device)[:, None]).squeeze(1) + b > 0  # F MACs per input, counted
-
     @torch.no_grad()
     def infer(self, x: Tensor, op: OperatingPoint | None = None) -> DynamicOutput:
         op = op or OperatingPoint("largest", {"policy": "single", "net": self.num_exits - 1})
@@ -59,8 +55,8 @@ class Cascade(nn.Module):
             z = self.nets[i](x).float()
             return DynamicOutput(z, torch.full((n,), float(self.net_macs[i]), dtype=torch.float64, device=x.device),
                                  torch.full((n,), i, dtype=torch.long, device=x.device), self.num_exits)
-        if kind not in ("threshold", "learned"):
-            raise ValueError(f"unknown cascade policy '{kind}' (single, threshold or learned)")
+        if kind not in ("threshold", "learned", "fixed"):
+            raise ValueError(f"unknown cascade policy '{kind}' (single, fixed, threshold or learned)")
         router = BatchRouter(n, x.device)
         logits, macs = None, torch.zeros(n, dtype=torch.float64, device=x.device)
         path = torch.full((n,), last, dtype=torch.long, device=x.device)
@@ -73,16 +69,13 @@ class Cascade(nn.Module):
             if d == last:
                 logits[router.rows], macs[router.rows] = z, spent
                 break
-            if kind == "threshold":
-                stop = confidence(z, op.get("metric", "maxprob")) >= op["threshold"]
-            else:
-                stop = self._gate(z, op["gates"][d])
-                spent += NUM_FEATURES
+            stop, dec_macs = decide(z, d, op)
+            spent += dec_macs
             rows, pos = router.leave(stop)
             logits[rows], macs[rows], path[rows] = z[pos], spent, d
             (xa, z) = router.keep(stop, xa, z)
             if d == 0 and kind == "learned" and op.get("jump_gate") and router.active:
-                jump = self._gate(z, op["jump_gate"])
+                jump = gate_decide(z, op["jump_gate"])
                 spent += NUM_FEATURES
                 rows, pos = router.leave(jump)
                 if rows.numel():

@@ -91,20 +91,51 @@ def load_model_file(path: str | os.PathLike, **kwargs) -> tuple[nn.Module, dict]
     return model, meta
 
 
+CASCADE_FORMAT = "anycost-cascade-v1"
+
+
+def load_cascade(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """A cascade spec (JSON): member models by zoo name or path, plus calibrated operating points."""
+    import json
+
+    from anycost.selection import Cascade
+
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable cascade spec ({e})") from None
+    if spec.get("format") != CASCADE_FORMAT:
+        raise CheckpointError(f"{path}: not an anycost cascade spec")
+    members = [resolve_model(m) for m in spec["members"]]
+    metas = [m for _, m in members]
+    for m in metas[1:]:
+        if m["normalization"] != metas[0]["normalization"] or list(m["input_size"]) != list(metas[0]["input_size"]):
+            raise CheckpointError(f"{path}: cascade members disagree on input normalisation or size")
+    casc = Cascade([n for n, _ in members], tuple(metas[0]["input_size"]), list(spec["members"]))
+    meta = {k: metas[0][k] for k in ("normalization", "input_size", "num_classes", "classes", "dataset", "split") if k in metas[0]}
+    meta.update(operating_points=spec.get("operating_points", []), calibrated_on=spec.get("calibrated_on"),
+                members=spec["members"], sha256=file_sha256(path), path=str(path), model_name="cascade")
+    casc.pretrained_cfg = meta
+    return casc.eval(), meta
+
+
 def resolve_model(spec: str, **kwargs) -> tuple[nn.Module, dict]:
-    """A zoo name ('resnet20.cifar10'), a checkpoint file or a run folder."""
+    """A zoo name ('resnet20.cifar10'), a checkpoint file, a run folder or a cascade spec."""
     p = Path(spec)
     if p.exists():
-        return load_model_file(p, **kwargs)
+        return load_cascade(p) if p.suffix == ".json" else load_model_file(p, **kwargs)
     z = zoo_dir() / f"{spec}.pt"
     if z.is_file():
         return load_model_file(z, **kwargs)
+    if (zoo_dir() / f"{spec}.json").is_file():
+        return load_cascade(zoo_dir() / f"{spec}.json")
     have = ", ".join(list_pretrained()) or "none yet"
     raise KeyError(f"'{spec}' is neither a file, a run folder nor a zoo model (zoo: {have})")
 
 
 def export_to_zoo(run_dir: str | os.PathLike, name: str, directory: str | os.PathLike | None = None,
-                  extra_meta: dict | None = None, model: nn.Module | None = None) -> Path:
+                  extra_meta: dict | None = None, model: nn.Module | None = None) -> Path:  # noqa: C901
     """Write a run's final weights (float16) and metadata as zoo entry ``name``; update index.json."""
     from anycost.cost import module_macs
     from anycost.models import model_family
@@ -132,6 +163,37 @@ def export_to_zoo(run_dir: str | os.PathLike, name: str, directory: str | os.Pat
     index = read_index(d)
     index[name] = {"family": model_family(meta["model_name"]), "model": meta["model_name"], "dataset": meta["dataset"],
                    "val_acc": meta["metrics"]["val_acc"], "macs": macs, "epochs": ck["epoch"],
-                   "size_bytes": out.stat().st_size, "sha256": file_sha256(out)}
+                   "size_bytes": out.stat().st_size, "sha256": file_sha256(out),
+                   "operating_points": len(meta.get("operating_points", []))}
+    write_json_atomic(d / "index.json", dict(sorted(index.items())))
+    return out
+
+
+def set_operating_points(name: str, ops: list[dict], calibrated_on: str, directory: str | os.PathLike | None = None) -> Path:
+    """Store calibrated operating points in an existing zoo entry (a .pt file)."""
+    d = Path(directory or zoo_dir())
+    path = d / f"{name}.pt"
+    ck = load_checkpoint(path)
+    if ck.get("format") != ZOO_FORMAT:
+        raise CheckpointError(f"{path}: not a zoo file")
+    ck["meta"]["operating_points"] = ops
+    ck["meta"]["calibrated_on"] = calibrated_on
+    save_atomic(ck, path)
+    index = read_index(d)
+    if name in index:
+        index[name].update(size_bytes=path.stat().st_size, sha256=file_sha256(path), operating_points=len(ops))
+        write_json_atomic(d / "index.json", dict(sorted(index.items())))
+    return path
+
+
+def export_cascade(name: str, members: list[str], ops: list[dict], calibrated_on: str, macs: list[int],
+                   dataset: str | None, directory: str | os.PathLike | None = None) -> Path:
+    d = Path(directory or zoo_dir())
+    out = write_json_atomic(d / f"{name}.json", {"format": CASCADE_FORMAT, "members": members, "operating_points": ops,
+                                                  "calibrated_on": calibrated_on})
+    index = read_index(d)
+    index[name] = {"family": "selection", "model": "cascade(" + " -> ".join(members) + ")", "dataset": dataset,
+                   "val_acc": None, "macs": max(macs), "epochs": None, "size_bytes": out.stat().st_size,
+                   "sha256": file_sha256(out), "operating_points": len(ops)}
     write_json_atomic(d / "index.json", dict(sorted(index.items())))
     return out

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from anycost.cost import DynamicOutput, module_macs
 from anycost.eval import OperatingPoint
-from anycost.policies import NUM_FEATURES, ExitCache, LinearGate, confidence, features
+from anycost.policies import ExitCache, decide
 from anycost.routing import BatchRouter
 
 from .registry import register_model
@@ -57,7 +57,40 @@ def _exit_positions(spec: str, blocks_per_stage: int, n_stages: int) -> list[int
     return sorted(p for p in pos if p < total - 1)
 
 
-class MultiExitResNet(nn.Module):
+class _MultiExitBase(nn.Module):
+    """What multi-exit models share: training modes, default operating points, caching."""
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("joint", "heads"):
+            raise ValueError(f"mode must be 'joint' or 'heads', got '{mode}'")
+        self.mode = mode
+        for p in self.backbone.parameters():
+            p.requires_grad_(mode == "joint")
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "mode", "joint") == "heads":
+            self.backbone.eval()  # frozen backbone: BN statistics stay as trained
+        return self
+
+    def operating_points(self) -> list[OperatingPoint]:
+        return [OperatingPoint(f"exit{e}", {"policy": "fixed", "exit": e}) for e in range(self.num_exits)]
+
+    @torch.no_grad()
+    def cache_outputs(self, loader, split: str | None = None) -> ExitCache:
+        """Every exit's logits over a loader (no augmentation), for the policies."""
+        was = self.training
+        self.eval()
+        outs, labels = [], []
+        for x, y in loader:
+            outs.append(torch.stack([o.float() for o in self.forward_all(x)]).cpu())
+            labels.append(y.cpu())
+        self.train(was)
+        return ExitCache(torch.cat(outs, 1), torch.cat(labels), torch.tensor(self.exit_macs, dtype=torch.float64), split=split)
+
+
+class MultiExitResNet(_MultiExitBase):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths=(16, 32, 64),
                  exits: str = "stage", exit_weights: list[float] | None = None, mode: str = "joint",
                  input_hw: int = 32):
@@ -114,20 +147,6 @@ class MultiExitResNet(nn.Module):
 
     # ----------------------------------------------------------------- training
 
-    def set_mode(self, mode: str) -> None:
-        if mode not in ("joint", "heads"):
-            raise ValueError(f"mode must be 'joint' or 'heads', got '{mode}'")
-        self.mode = mode
-        for p in self.backbone.parameters():
-            p.requires_grad_(mode == "joint")
-        self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if getattr(self, "mode", "joint") == "heads":
-            self.backbone.eval()  # frozen backbone: BN statistics stay as trained
-        return self
-
     def forward_all(self, x: Tensor) -> list[Tensor]:
         """Logits at every exit, for the whole batch (training and caching)."""
         outs = []
@@ -166,22 +185,6 @@ class MultiExitResNet(nn.Module):
 
     # ----------------------------------------------------------------- inference
 
-    def operating_points(self) -> list[OperatingPoint]:
-        return [OperatingPoint(f"exit{e}", {"policy": "fixed", "exit": e}) for e in range(self.num_exits)]
-
-    def _stops(self, z: Tensor, d: int, op: OperatingPoint) -> tuple[Tensor, int]:
-        """(A,) bool stop decisions at decision point d and the MACs each decision cost."""
-        kind = op.get("policy", "fixed")
-        if kind == "threshold":
-            return confidence(z, op.get("metric", "maxprob")) >= op["threshold"], 0
-        if kind == "fixed":
-            return torch.full((z.shape[0],), d == int(op["exit"]), dtype=torch.bool, device=z.device), 0
-        if kind == "learned":
-            w, b = LinearGate.folded(op["gates"][d])
-            score = features(z) @ w.to(z.device)[:, None]  # (A, F) @ (F, 1): F MACs per input, counted
-            return score.squeeze(1) + b > 0, NUM_FEATURES
-        raise ValueError(f"unknown policy '{kind}' (threshold, learned or fixed)")
-
     @torch.no_grad()
     def infer(self, x: Tensor, op: OperatingPoint | None = None) -> DynamicOutput:
         op = op or OperatingPoint("full", {"policy": "fixed", "exit": self.num_exits - 1})
@@ -200,7 +203,7 @@ class MultiExitResNet(nn.Module):
                 continue
             z = self.heads[hi](h)
             spent += self.head_macs[hi]
-            stop, dec_macs = self._stops(z, hi, op)
+            stop, dec_macs = decide(z, hi, op)
             spent += dec_macs
             rows, pos = router.leave(stop)
             logits[rows] = z[pos].float()
@@ -215,17 +218,136 @@ class MultiExitResNet(nn.Module):
         macs[router.rows] = spent + self.final_head_macs
         return DynamicOutput(logits, macs, path, self.num_exits)
 
+
+
+class _AllExited(Exception):
+    pass
+
+
+def prefix_macs(backbone: nn.Module, layer: nn.Module, x: Tensor) -> int:
+    """MACs the backbone's own forward spends until ``layer`` has produced its output."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def stop(*_):
+        raise _AllExited
+
+    h = layer.register_forward_hook(stop)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            try:
+                backbone(x)
+            except _AllExited:
+                pass
+    finally:
+        h.remove()
+    return int(fc.get_total_flops()) // 2
+
+
+class ExitWrapper(_MultiExitBase):
+    """Early exits at named layers of any backbone (e.g. torchvision ``resnet18`` at
+    'layer1', 'layer2', 'layer3') without rewriting its forward.
+
+    Forward hooks on the named layers capture their outputs for training and caching. At
+    inference the same hooks evaluate each exit and *return only the rows that go on*, so
+    the backbone's unmodified forward continues on a smaller batch; once no row is left it
+    stops. This needs a backbone whose forward treats batch rows independently (CNNs in
+    eval mode do). The backbone's own output is the last exit. ``mode="heads"`` freezes the
+    backbone, BN statistics included (the paper's two-stage setting)."""
+
+    def __init__(self, backbone: nn.Module, exit_layers: list[str], num_classes: int,
+                 input_size: tuple[int, int, int], mode: str = "heads"):
+        super().__init__()
+        self.backbone = backbone
+        mods = dict(backbone.named_modules())
+        missing = [n for n in exit_layers if n not in mods]
+        if missing:
+            raise KeyError(f"backbone has no layer named {missing[0]!r}")
+        self.exit_layers = list(exit_layers)
+        self.input_size = tuple(input_size)
+        self.num_classes = num_classes
+        self.num_exits = len(exit_layers) + 1
+        self._mode_hooks: list = []
+        x = torch.zeros(1, *input_size)
+        was = backbone.training
+        backbone.eval()
+        shapes = self._capture(x)[0]
+        self.heads = nn.ModuleList(ExitHead(s.shape[1], num_classes, s.shape[-1]) for s in shapes)
+        self.exit_weights = [1.0] * self.num_exits
+        # unit costs, measured: backbone prefix up to each exit, each head, the whole backbone
+        self.prefix = [prefix_macs(backbone, mods[n], x) for n in exit_layers]
+        self.head_macs = [module_macs(h, tuple(s.shape[1:])) for h, s in zip(self.heads, shapes)]
+        self.full_macs = module_macs(backbone, self.input_size)
+        backbone.train(was)
+        self.exit_macs = [p + sum(self.head_macs[: i + 1]) for i, p in enumerate(self.prefix)]
+        self.exit_macs.append(self.full_macs + sum(self.head_macs))
+        self.set_mode(mode)
+
+    def _capture(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        feats, mods = [], dict(self.backbone.named_modules())
+        hooks = [mods[n].register_forward_hook(lambda m, i, o: feats.append(o)) for n in self.exit_layers]
+        try:
+            out = self.backbone(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return feats, out
+
+    def forward_all(self, x: Tensor) -> list[Tensor]:
+        feats, out = self._capture(x)
+        return [h(f) for h, f in zip(self.heads, feats)] + [out]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_all(x)[-1]
+
+    def declared_macs(self, input_size) -> int:
+        return self.exit_macs[-1]
+
+    def training_loss(self, x: Tensor, y: Tensor, criterion, progress: float = 0.0):
+        if self.mode == "heads":
+            with torch.no_grad():
+                feats, out = self._capture(x)
+        else:
+            feats, out = self._capture(x)
+        outs = [h(f) for h, f in zip(self.heads, feats)] + [out]
+        loss = sum(w * criterion(o, y) for w, o in zip(self.exit_weights, outs)) / sum(self.exit_weights)
+        return loss, out
+
     @torch.no_grad()
-    def cache_outputs(self, loader, split: str | None = None) -> ExitCache:
-        """Every exit's logits over a loader (no augmentation), for the policies."""
-        was = self.training
-        self.eval()
-        outs, labels = [], []
-        for x, y in loader:
-            outs.append(torch.stack([o.float() for o in self.forward_all(x)]).cpu())
-            labels.append(y.cpu())
-        self.train(was)
-        return ExitCache(torch.cat(outs, 1), torch.cat(labels), torch.tensor(self.exit_macs, dtype=torch.float64), split=split)
+    def infer(self, x: Tensor, op: OperatingPoint | None = None) -> DynamicOutput:
+        op = op or OperatingPoint("full", {"policy": "fixed", "exit": self.num_exits - 1})
+        n = x.shape[0]
+        router = BatchRouter(n, x.device)
+        logits = torch.empty(n, self.num_classes, device=x.device)
+        macs = torch.zeros(n, dtype=torch.float64, device=x.device)
+        path = torch.full((n,), self.num_exits - 1, dtype=torch.long, device=x.device)
+        extra = [0.0]  # heads + decisions paid so far by the rows still running
+
+        def make_hook(k):
+            def hook(module, inputs, out):
+                z = self.heads[k](out).float()
+                extra[0] += self.head_macs[k]
+                stop, dec = decide(z, k, op)
+                extra[0] += dec
+                rows, pos = router.leave(stop)
+                logits[rows], macs[rows], path[rows] = z[pos], self.prefix[k] + extra[0], k
+                (out,) = router.keep(stop, out)
+                if router.active == 0:
+                    raise _AllExited
+                return out  # the backbone goes on with the remaining rows only
+            return hook
+
+        mods = dict(self.backbone.named_modules())
+        hooks = [mods[n].register_forward_hook(make_hook(k)) for k, n in enumerate(self.exit_layers)]
+        try:
+            out = self.backbone(x)
+            logits[router.rows] = out.float()
+            macs[router.rows] = self.full_macs + extra[0]
+        except _AllExited:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        return DynamicOutput(logits, macs, path, self.num_exits)
 
 
 def _ee(depth, **kw):
