@@ -279,11 +279,11 @@ def cmd_calibrate(a) -> int:
     write_json_atomic(rec_path, rec)
     if a.export:
         if a.cascade:
-            out = export_cascade(a.export, list(a.cascade), ops, a.calib_split, model.net_macs, meta.get("dataset"))
+            out = export_cascade(a.export, list(a.cascade), ops, a.calib_split, model.net_macs, meta.get("dataset"), a.zoo_dir)
         elif Path(a.model).is_dir():
-            out = export_to_zoo(a.model, a.export, extra_meta={"operating_points": ops, "calibrated_on": a.calib_split})
+            out = export_to_zoo(a.model, a.export, a.zoo_dir, extra_meta={"operating_points": ops, "calibrated_on": a.calib_split})
         else:
-            out = set_operating_points(a.export, ops, a.calib_split)
+            out = set_operating_points(a.export, ops, a.calib_split, a.zoo_dir)
         print(f"exported {len(ops)} operating points with the model: {out}")
     if budget is None:
         print(curves_table(curves, frontier_only=True))
@@ -442,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--policy", default="threshold", choices=["threshold", "learned"], help="policy for --budget")
     c.add_argument("--name", help="method name in records and plots")
     c.add_argument("--export", metavar="ZOO_NAME", help="store the operating points with the model under this zoo name")
+    c.add_argument("--zoo-dir", help="zoo folder for --export (default: the package's zoo)")
     c.add_argument("--batch-size", type=int, default=500)
     c.add_argument("--device", default="cpu")
     c.add_argument("--record", help="record path (default runs/calibrate/NAME.json)")

@@ -101,7 +101,7 @@ def decide(logits: Tensor, d: int, op) -> tuple[Tensor, int]:
     """Stop decisions at decision point ``d`` for an operating point, and MACs per decision."""
     kind = op.get("policy", "fixed")
     if kind == "threshold":
-        return confidence(logits, op.get("metric", "maxprob")) >= op["threshold"], 0
+        return confidence(logits, op.get("metric", "maxprob")) >= float(op["threshold"]), 0  # "inf" survives JSON
     if kind == "fixed":
         return torch.full((logits.shape[0],), d == int(op["exit"]), dtype=torch.bool, device=logits.device), 0
     if kind == "learned":
@@ -256,7 +256,7 @@ def apply_policy(cache: ExitCache, params: dict) -> tuple[Tensor, Tensor]:
     e_count, n = cache.num_exits, cache.labels.shape[0]
     kind = params["policy"]
     if kind == "threshold":
-        ex = threshold_exits(cache, params["threshold"], params.get("metric", "maxprob"))
+        ex = threshold_exits(cache, float(params["threshold"]), params.get("metric", "maxprob"))
         return ex, cache.macs[ex].double()
     if kind == "fixed":
         ex = torch.full((n,), int(params["exit"]), dtype=torch.long)
