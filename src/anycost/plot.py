@@ -38,6 +38,15 @@ def _mpl():
     return plt
 
 
+def _save(plt, fig, out) -> Path:
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
 def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str | None = None) -> Path:
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -67,12 +76,7 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
     ax.set_title(title or f"accuracy vs MACs (measured on: {', '.join(measured) or '?'})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_speedups(bench_results: dict[str, dict], out: str | os.PathLike, title: str | None = None) -> Path:
@@ -96,9 +100,4 @@ def plot_speedups(bench_results: dict[str, dict], out: str | os.PathLike, title:
     axes[1].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)

@@ -60,6 +60,19 @@ def _exit_positions(spec: str, blocks_per_stage: int, n_stages: int) -> list[int
 class _MultiExitBase(nn.Module):
     """What multi-exit models share: training modes, default operating points, caching."""
 
+    def _start(self, x: Tensor, op: OperatingPoint | None):
+        """Default operating point (the last exit), a router and the per-row output buffers."""
+        op = op or OperatingPoint("full", {"policy": "fixed", "exit": self.num_exits - 1})
+        n = x.shape[0]
+        logits = torch.empty(n, self.num_classes, device=x.device)
+        macs = torch.zeros(n, dtype=torch.float64, device=x.device)
+        path = torch.full((n,), self.num_exits - 1, dtype=torch.long, device=x.device)
+        return op, BatchRouter(n, x.device), logits, macs, path
+
+    def _weighted_loss(self, outs: list[Tensor], y: Tensor, criterion) -> Tensor:
+        w = self.exit_weights
+        return sum(wi * criterion(o, y) for wi, o in zip(w, outs)) / sum(w)
+
     def set_mode(self, mode: str) -> None:
         if mode not in ("joint", "heads"):
             raise ValueError(f"mode must be 'joint' or 'heads', got '{mode}'")
@@ -170,9 +183,7 @@ class MultiExitResNet(_MultiExitBase):
             outs = [head(f) for head, f in zip(self.heads, feats[:-1])] + [self.backbone.forward_head(feats[-1])]
         else:
             outs = self.forward_all(x)
-        w = self.exit_weights
-        loss = sum(wi * criterion(o, y) for wi, o in zip(w, outs)) / sum(w)
-        return loss, outs[-1]
+        return self._weighted_loss(outs, y, criterion), outs[-1]
 
     def _backbone_taps(self, x: Tensor) -> list[Tensor]:
         taps, h = [], self.backbone.stem(x)
@@ -187,12 +198,7 @@ class MultiExitResNet(_MultiExitBase):
 
     @torch.no_grad()
     def infer(self, x: Tensor, op: OperatingPoint | None = None) -> DynamicOutput:
-        op = op or OperatingPoint("full", {"policy": "fixed", "exit": self.num_exits - 1})
-        n = x.shape[0]
-        router = BatchRouter(n, x.device)
-        logits = torch.empty(n, self.num_classes, device=x.device)
-        macs = torch.zeros(n, dtype=torch.float64, device=x.device)
-        path = torch.full((n,), self.num_exits - 1, dtype=torch.long, device=x.device)
+        op, router, logits, macs, path = self._start(x, op)
         spent = float(self.stem_macs)
         h = self.backbone.stem(x)
         hi = 0
@@ -309,17 +315,11 @@ class ExitWrapper(_MultiExitBase):
         else:
             feats, out = self._capture(x)
         outs = [h(f) for h, f in zip(self.heads, feats)] + [out]
-        loss = sum(w * criterion(o, y) for w, o in zip(self.exit_weights, outs)) / sum(self.exit_weights)
-        return loss, out
+        return self._weighted_loss(outs, y, criterion), out
 
     @torch.no_grad()
     def infer(self, x: Tensor, op: OperatingPoint | None = None) -> DynamicOutput:
-        op = op or OperatingPoint("full", {"policy": "fixed", "exit": self.num_exits - 1})
-        n = x.shape[0]
-        router = BatchRouter(n, x.device)
-        logits = torch.empty(n, self.num_classes, device=x.device)
-        macs = torch.zeros(n, dtype=torch.float64, device=x.device)
-        path = torch.full((n,), self.num_exits - 1, dtype=torch.long, device=x.device)
+        op, router, logits, macs, path = self._start(x, op)
         extra = [0.0]  # heads + decisions paid so far by the rows still running
 
         def make_hook(k):
