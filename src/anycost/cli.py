@@ -335,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Networks whose inference cost is chosen at run time: train, evaluate, calibrate, "
                     "benchmark and plot accuracy against MACs.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from anycost import __version__
+
+    p.add_argument("--version", action="version", version=f"anycost {__version__}")
     p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors (for bug reports)")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 

@@ -142,7 +142,9 @@ class StopTraining(Exception):
 def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = None,
           data=None, on_step: Callable[[int], None] | None = None) -> dict:
     """Train and return the final record. ``model``/``data`` may be passed in (the families
-    build theirs); otherwise both come from the config."""
+    build theirs); otherwise both come from the config. A model passed in must be what
+    ``create_model(cfg.model, **cfg.model_kwargs)`` builds: the checkpoint records those
+    arguments so that the run can be reloaded and exported."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -1,0 +1,494 @@
+"""Convolutional Neural Mixture Models (Ruiz & Verbeek, ICCV 2019), pruned to any budget.
+
+What is known of the paper: a probabilistic model embedding very many CNNs that share
+parameters and are trained jointly; learned mixing probabilities (a review mentions
+Concrete / relaxed Bernoulli variables); an efficient approximation of the mixture output;
+pruning networks with low mixing probability to adapt the inference cost without
+re-training. Everything below that goes beyond this is **our design**:
+
+* **Grid.** Nodes are feature maps ``(l, s)`` at depth ``l = 0..L`` and scale ``s = 0..S-1``
+  (resolution ``H / 2**s``, ``widths[s]`` channels). The stem makes node (0, 0); the output
+  node is (L, S-1). Node (l, s) takes an edge from (l-1, s) (conv3x3-BN-ReLU, stride 1) and
+  one from (l-1, s-1) (stride 2) where those exist; only nodes that can still reach the
+  output exist. Every sub-graph that connects input to output is one CNN of the mixture:
+  exponentially many, all sharing the edge weights.
+* **Mixing weights.** Edge e has a logit ``theta_e`` and is on with probability
+  ``p_e = sigmoid(theta_e)``. Training draws a relaxed-Bernoulli (Concrete) mask
+  ``m_e`` per example and edge, temperature annealed from ``tau0`` to ``tau1``; a node is the
+  normalised sum ``sum_e m_e f_e(x_src) / sum_e m_e`` of its incoming edges (a convex
+  combination, so any subset of edges gives activations of the same scale). An optional cost
+  term ``cost_weight * E[MACs] / MACs_full`` lets expensive edges learn to switch off.
+* **Mixture output at inference** (one pass, mean-field): ``m_e`` is replaced by ``p_e``, with
+  the same normalisation, over the edges that are kept.
+* **Pruning.** (1) *edges*: drop edges in order of ``p_e`` (or ``p_e`` per MAC) until a MAC
+  budget is met, then drop nodes that no longer reach the output or are no longer reached;
+  (2) *channels*: drop output channels of edges in order of their BN scale ``|gamma|``
+  (network slimming; ``slim_l1`` adds an L1 penalty on gammas during training), and input
+  channels a node no longer has; (3) both: edges to a share of the budget, then channels.
+  Optionally BatchNorm statistics are re-estimated on a few training batches afterwards.
+* **Export.** :func:`prune` returns a standalone static ``PrunedCNMM`` holding only the kept
+  edges and channels (sliced weights). FlopCounterMode / 2 on it equals the accounted MACs,
+  and it traces, saves and loads under TorchScript.
+* **Segmentation.** ``task="segment"``: every last-layer node is upsampled to the input
+  resolution and summed, then a 1x1 conv gives per-pixel logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from anycost.cost import DynamicOutput, module_macs
+from anycost.eval import OperatingPoint
+
+from .registry import register_model
+
+
+class EdgeBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+@dataclass
+class GridSpec:
+    depth: int
+    scales: int
+
+    def nodes(self) -> list[tuple[int, int]]:
+        """Topologically ordered nodes that lie on some input -> output path."""
+        out = []
+        for l in range(self.depth + 1):
+            lo = max(0, self.scales - 1 - (self.depth - l))
+            for s in range(lo, min(l, self.scales - 1) + 1):
+                out.append((l, s))
+        return out
+
+    def edges(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        nodes = set(self.nodes())
+        es = []
+        for (l, s) in self.nodes():
+            for src in ((l - 1, s), (l - 1, s - 1)):
+                if src in nodes:
+                    es.append((src, (l, s)))
+        return es
+
+
+@dataclass
+class PruneSpec:
+    """What a pruned network keeps: edge indices and, per kept edge, its output channels."""
+
+    edges: list[int]
+    channels: dict[int, list[int]] = field(default_factory=dict)  # edge index -> kept output channels
+
+    def to_dict(self) -> dict:
+        return {"edges": self.edges, "channels": {str(k): v for k, v in self.channels.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PruneSpec":
+        return cls(list(d["edges"]), {int(k): list(v) for k, v in d.get("channels", {}).items()})
+
+
+class CNMM(nn.Module):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, depth: int = 8, scales: int = 3,
+                 widths: tuple[int, ...] = (16, 32, 64), input_hw: int = 32, init_logit: float = 2.0,
+                 tau: tuple[float, float] = (1.0, 0.2), cost_weight: float = 0.0, slim_l1: float = 0.0,
+                 task: str = "classify"):
+        super().__init__()
+        if len(widths) != scales:
+            raise ValueError(f"need one width per scale: {scales} scales, {len(widths)} widths")
+        if depth < scales - 1:
+            raise ValueError("depth must allow a stride-2 edge into every scale")
+        if task not in ("classify", "segment"):
+            raise ValueError("task is 'classify' or 'segment'")
+        self.grid = GridSpec(depth, scales)
+        self.widths, self.num_classes, self.in_chans, self.input_hw = tuple(widths), num_classes, in_chans, input_hw
+        self.task, self.tau, self.cost_weight, self.slim_l1 = task, tuple(tau), cost_weight, slim_l1
+        self.node_list = self.grid.nodes()
+        self.node_index = {n: i for i, n in enumerate(self.node_list)}
+        self.edge_list = [(self.node_index[a], self.node_index[b]) for a, b in self.grid.edges()]
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.edges = nn.ModuleList(
+            EdgeBlock(widths[self.node_list[a][1]], widths[self.node_list[b][1]], 1 + self.node_list[b][1] - self.node_list[a][1])
+            for a, b in self.edge_list)
+        self.logits = nn.Parameter(torch.full((len(self.edge_list),), float(init_logit)))
+        if task == "classify":
+            self.head = nn.Linear(widths[-1], num_classes)
+            self.out_nodes = [self.node_index[(depth, scales - 1)]]
+        else:
+            self.out_nodes = [i for i, (l, s) in enumerate(self.node_list) if l == depth]
+            self.head = nn.Conv2d(widths[0], num_classes, 1)
+            self.seg_proj = nn.ModuleList(nn.Conv2d(widths[self.node_list[i][1]], widths[0], 1, bias=False) for i in self.out_nodes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.progress = 0.0  # set by training_loss; only the temperature schedule reads it
+        self.incoming: dict[int, list[int]] = {}
+        for ei, (_, d) in enumerate(self.edge_list):
+            self.incoming.setdefault(d, []).append(ei)
+        self._pruned: dict[str, PrunedCNMM] = {}  # operating point -> its static network (inference cache)
+        self.measure_costs()
+
+    # ----------------------------------------------------------------- structure and costs
+
+    def node_hw(self, i: int) -> int:
+        return -(-self.input_hw // (2 ** self.node_list[i][1]))
+
+    def measure_costs(self) -> None:
+        """Per-edge, stem and head MACs per input, measured on the live modules."""
+        self.stem_macs = module_macs(self.stem, (self.in_chans, self.input_hw, self.input_hw))
+        self.edge_macs = []
+        for (a, _), e in zip(self.edge_list, self.edges):
+            c = self.widths[self.node_list[a][1]]
+            self.edge_macs.append(module_macs(e, (c, self.node_hw(a), self.node_hw(a))))
+        if self.task == "classify":
+            self.readout_macs = [module_macs(self.head, (self.widths[-1],))]  # linear in the live channels
+            self.head_fixed_macs = 0
+        else:
+            self.readout_macs = [module_macs(p, (self.widths[self.node_list[i][1]], self.node_hw(i), self.node_hw(i)))
+                                 for p, i in zip(self.seg_proj, self.out_nodes)]
+            self.head_fixed_macs = module_macs(self.head, (self.widths[0], self.input_hw, self.input_hw))
+        self.head_macs = sum(self.readout_macs) + self.head_fixed_macs
+
+    def full_macs(self) -> int:
+        return self.stem_macs + sum(self.edge_macs) + self.head_macs
+
+    def declared_macs(self, input_size) -> int:
+        if tuple(input_size) != (self.in_chans, self.input_hw, self.input_hw):
+            raise ValueError(f"costs were measured for {(self.in_chans, self.input_hw, self.input_hw)}")
+        return self.full_macs()
+
+    def probabilities(self) -> Tensor:
+        return torch.sigmoid(self.logits.detach())
+
+    # ----------------------------------------------------------------- forward
+
+    def _temperature(self) -> float:
+        t0, t1 = self.tau
+        return t0 * (t1 / t0) ** min(1.0, max(0.0, self.progress))
+
+    def _masks(self, b: int, device) -> Tensor:
+        """(E, B) edge weights: Concrete samples in training, probabilities at inference."""
+        if self.training:
+            u = torch.rand(len(self.edge_list), b, device=device).clamp(1e-6, 1 - 1e-6)
+            return torch.sigmoid((self.logits[:, None] + u.log() - (-u).log1p()) / self._temperature())
+        return torch.sigmoid(self.logits)[:, None].expand(-1, b)
+
+    def _readout(self, feats: list[Tensor]) -> Tensor:
+        if self.task == "classify":
+            return self.head(torch.flatten(F.adaptive_avg_pool2d(feats[0], 1), 1))
+        hw = (self.input_hw, self.input_hw)
+        z = sum(F.interpolate(p(f), size=hw, mode="bilinear", align_corners=False) if f.shape[-1] != hw[-1] else p(f)
+                for p, f in zip(self.seg_proj, feats))
+        return self.head(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        m = self._masks(b, x.device)  # (E, B)
+        vals: list[Tensor | None] = [None] * len(self.node_list)
+        vals[0] = self.stem(x)
+        for i in range(1, len(self.node_list)):
+            tot, z = 0.0, 0.0
+            for ei in self.incoming[i]:
+                w = m[ei][:, None, None, None]  # (B, 1, 1, 1)
+                tot = tot + w
+                z = z + w * self.edges[ei](vals[self.edge_list[ei][0]])
+            vals[i] = z / (tot + 1e-6)
+        return self._readout([vals[i] for i in self.out_nodes])
+
+    def expected_macs_fraction(self) -> Tensor:
+        """E[MACs] / full MACs under independent edges (a differentiable cost term)."""
+        p = torch.sigmoid(self.logits)
+        em = torch.tensor(self.edge_macs, dtype=p.dtype, device=p.device)
+        return (self.stem_macs + self.head_macs + (p * em).sum()) / self.full_macs()
+
+    def training_loss(self, x: Tensor, y: Tensor, criterion, progress: float = 0.0):
+        self.progress = progress
+        logits = self(x)
+        loss = criterion(logits, y)
+        if self.cost_weight:
+            loss = loss + self.cost_weight * self.expected_macs_fraction()
+        if self.slim_l1:
+            loss = loss + self.slim_l1 * sum(e[1].weight.abs().sum() for e in self.edges) / sum(e[1].weight.numel() for e in self.edges)
+        return loss, logits
+
+    # ----------------------------------------------------------------- pruning
+
+    def _alive(self, kept: set[int]) -> set[int]:
+        """Edges of ``kept`` that lie on some input -> output path."""
+        reach = {0}
+        for ei, (a, d) in enumerate(self.edge_list):  # edges are in topological order of their target
+            if ei in kept and a in reach:
+                reach.add(d)
+        co = set(self.out_nodes)
+        for ei in reversed(range(len(self.edge_list))):
+            a, d = self.edge_list[ei]
+            if ei in kept and d in co:
+                co.add(a)
+        return {ei for ei in kept if self.edge_list[ei][0] in reach and self.edge_list[ei][1] in co}
+
+    def _live_channels(self, spec: PruneSpec) -> dict[int, list[int]]:
+        live = {0: list(range(self.widths[0]))}
+        for ei in sorted(spec.edges):
+            d = self.edge_list[ei][1]
+            chans = spec.channels.get(ei, list(range(self.widths[self.node_list[d][1]])))
+            live[d] = sorted(set(live.get(d, [])) | set(chans))
+        return live
+
+    def spec_macs(self, spec: PruneSpec) -> int:
+        """MACs of the network a spec keeps, from the measured per-edge costs scaled by the
+        live input and kept output channels (a conv's MACs are linear in both)."""
+        live = self._live_channels(spec)
+        total = self.stem_macs
+        for ei in spec.edges:
+            a, d = self.edge_list[ei]
+            cin, cout = self.widths[self.node_list[a][1]], self.widths[self.node_list[d][1]]
+            kept_out = len(spec.channels.get(ei, range(cout)))
+            total += self.edge_macs[ei] * len(live[a]) * kept_out // (cin * cout)
+        for i, full in zip(self.out_nodes, self.readout_macs):  # readout convs / linear: linear in live channels
+            total += full * len(live.get(i, [])) // self.widths[self.node_list[i][1]]
+        return total + self.head_fixed_macs
+
+    def full_spec(self) -> PruneSpec:
+        return PruneSpec(list(range(len(self.edge_list))))
+
+    def prune_edges(self, budget: float, score: str = "prob") -> PruneSpec | None:
+        """Drop edges, least probable first (``score="prob_per_mac"``: probability per MAC),
+        and the nodes that fall off every input->output path, until MACs <= budget. None if
+        even a single path does not fit."""
+        p = self.probabilities().tolist()
+        key = (lambda e: p[e]) if score == "prob" else (lambda e: p[e] / self.edge_macs[e])
+        kept = set(range(len(self.edge_list)))
+        for e in sorted(kept, key=key):
+            spec = PruneSpec(sorted(kept))
+            if self.spec_macs(spec) <= budget:
+                return spec
+            trial = self._alive(kept - {e})
+            if any(self.edge_list[x][1] in self.out_nodes for x in trial):
+                kept = trial
+        spec = PruneSpec(sorted(kept))
+        return spec if self.spec_macs(spec) <= budget else None
+
+    def prune_channels(self, budget: float, start: PruneSpec | None = None, min_keep: int = 2) -> PruneSpec | None:
+        """Drop edge output channels, smallest |BN gamma| first, until MACs <= budget."""
+        spec = copy.deepcopy(start or self.full_spec())
+        cand = []
+        for ei in spec.edges:
+            g = self.edges[ei][1].weight.detach().abs()
+            keep = spec.channels.get(ei, list(range(g.numel())))
+            spec.channels[ei] = list(keep)
+            cand += [(float(g[c]), ei, c) for c in keep]
+        cand.sort()
+        # remove in chunks (1 % of the candidates) to keep this fast on big grids
+        step = max(1, len(cand) // 100)
+        i = 0
+        while self.spec_macs(spec) > budget and i < len(cand):
+            for _, ei, c in cand[i:i + step]:
+                if len(spec.channels[ei]) > min_keep:
+                    spec.channels[ei].remove(c)
+            i += step
+        return spec if self.spec_macs(spec) <= budget else None
+
+    def prune(self, budget: float, mechanism: str = "edges", edge_share: float = 0.5) -> "PrunedCNMM":
+        """A standalone static network within ``budget`` MACs. mechanism: edges, channels or
+        both (edges first down to ``budget / edge_share``... i.e. they take ``edge_share``
+        of the reduction, channels the rest)."""
+        spec = self.prune_spec(budget, mechanism, edge_share)
+        if spec is None:
+            raise ValueError(f"budget {budget / 1e6:.3f} M MACs is below the cheapest network this "
+                             f"mechanism ('{mechanism}') can reach")
+        return PrunedCNMM(self, spec)
+
+    def prune_spec(self, budget: float, mechanism: str = "edges", edge_share: float = 0.5) -> PruneSpec | None:
+        if mechanism == "edges":
+            return self.prune_edges(budget)
+        if mechanism == "channels":
+            return self.prune_channels(budget)
+        if mechanism == "both":
+            full = self.full_macs()
+            mid = full - edge_share * (full - budget)
+            e = self.prune_edges(mid)
+            return self.prune_channels(budget, e) if e is not None else None
+        raise ValueError(f"unknown pruning mechanism '{mechanism}' (edges, channels or both)")
+
+    # ----------------------------------------------------------------- anycost interface
+
+    def operating_points(self) -> list[OperatingPoint]:
+        return [OperatingPoint("full", {"prune": self.full_spec().to_dict()})]
+
+    def train(self, mode: bool = True):
+        self._pruned = {}  # weights may change: forget the static networks built for inference
+        return super().train(mode)
+
+    def pruned_for(self, op: OperatingPoint | None) -> "PrunedCNMM":
+        """The static network an operating point keeps (``op["prune"]``, a PruneSpec dict), with
+        the BatchNorm statistics re-estimated for it when ``op["bn"]`` carries them."""
+        import json
+
+        key = json.dumps(op.params, sort_keys=True) if op is not None else "full"
+        if key not in self._pruned:
+            spec = PruneSpec.from_dict(op["prune"]) if op is not None and "prune" in op.params else self.full_spec()
+            net = PrunedCNMM(self, spec)
+            if op is not None and op.get("bn"):
+                net.load_bn_stats(op["bn"])
+            self._pruned[key] = net.eval()
+        return self._pruned[key]
+
+    @torch.no_grad()
+    def infer(self, x: Tensor, op: OperatingPoint | None = None) -> DynamicOutput:
+        net = self.pruned_for(op)
+        logits = net(x)
+        return DynamicOutput(logits, torch.full((x.shape[0],), float(net.macs), dtype=torch.float64, device=x.device))
+
+
+class PrunedCNMM(nn.Module):
+    """The static network a PruneSpec keeps: sliced copies of the kept edges, mean-field
+    weights renormalised over each node's kept edges. No reference to the parent model."""
+
+    def __init__(self, cnmm: CNMM, spec: PruneSpec):
+        super().__init__()
+        self.spec = spec
+        self.task = cnmm.task
+        live = cnmm._live_channels(spec)
+        kept = sorted(cnmm._alive(set(spec.edges)))
+        if not any(cnmm.edge_list[e][1] in cnmm.out_nodes for e in kept):
+            raise ValueError("the pruned network no longer connects input to output")
+        p = cnmm.probabilities()
+        self.stem = copy.deepcopy(cnmm.stem)
+        self.node_order = sorted({cnmm.edge_list[e][1] for e in kept})
+        self.convs = nn.ModuleList()
+        self.src, self.dst = [], []
+        weights, positions = [], []
+        for e in kept:
+            a, d = cnmm.edge_list[e]
+            blk = cnmm.edges[e]
+            out_c = spec.channels.get(e, list(range(blk[0].out_channels)))
+            in_idx = torch.tensor(live[a])
+            conv = nn.Conv2d(len(live[a]), len(out_c), 3, blk[0].stride, 1, bias=False)
+            conv.weight.data = blk[0].weight.data[out_c][:, in_idx].clone()
+            bn = nn.BatchNorm2d(len(out_c))
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(bn, name).data = getattr(blk[1], name).data[out_c].clone()
+            self.convs.append(nn.Sequential(conv, bn, nn.ReLU(inplace=True)))
+            self.src.append(a)
+            self.dst.append(d)
+            positions.append([live[d].index(c) for c in out_c])
+            weights.append(float(p[e]))
+        # mean-field weights normalised over each node's kept edges
+        tot = {}
+        for d, w in zip(self.dst, weights):
+            tot[d] = tot.get(d, 0.0) + w
+        self.weights = [w / tot[d] for d, w in zip(self.dst, weights)]
+        self.width = {d: len(live[d]) for d in self.node_order}
+        for i, pos in enumerate(positions):
+            self.register_buffer(f"pos{i}", torch.tensor(pos, dtype=torch.long))
+        self.out_nodes = [n for n in cnmm.out_nodes if n in self.width]
+        if self.task == "classify":
+            (o,) = self.out_nodes
+            self.head = nn.Linear(self.width[o], cnmm.num_classes)
+            self.head.weight.data = cnmm.head.weight.data[:, live[o]].clone()
+            self.head.bias.data = cnmm.head.bias.data.clone()
+        else:
+            self.input_hw = cnmm.input_hw
+            self.seg_proj = nn.ModuleList()
+            for i, proj in zip(cnmm.out_nodes, cnmm.seg_proj):
+                if i in self.width:
+                    c = nn.Conv2d(self.width[i], proj.out_channels, 1, bias=False)
+                    c.weight.data = proj.weight.data[:, live[i]].clone()
+                    self.seg_proj.append(c)
+            self.head = copy.deepcopy(cnmm.head)
+        self.macs = cnmm.spec_macs(PruneSpec(kept, {e: spec.channels[e] for e in kept if e in spec.channels}))
+
+    def forward(self, x: Tensor) -> Tensor:
+        vals = {0: self.stem(x)}
+        b = x.shape[0]
+        for i, conv in enumerate(self.convs):
+            d = self.dst[i]
+            y = self.weights[i] * conv(vals[self.src[i]])
+            if d not in vals:
+                h, w = y.shape[-2:]
+                vals[d] = y.new_zeros(b, self.width[d], h, w)
+            vals[d] = vals[d].index_add(1, getattr(self, f"pos{i}"), y)
+        if self.task == "classify":
+            return self.head(torch.flatten(F.adaptive_avg_pool2d(vals[self.out_nodes[0]], 1), 1))
+        hw = (self.input_hw, self.input_hw)
+        z = 0
+        for proj, n in zip(self.seg_proj, self.out_nodes):
+            f = proj(vals[n])
+            z = z + (F.interpolate(f, size=hw, mode="bilinear", align_corners=False) if f.shape[-1] != hw[-1] else f)
+        return self.head(z)
+
+    def bn_stats(self) -> dict:
+        return {n: [m.running_mean.tolist(), m.running_var.tolist()] for n, m in self.named_modules()
+                if isinstance(m, nn.BatchNorm2d)}
+
+    def load_bn_stats(self, stats: dict) -> None:
+        mods = dict(self.named_modules())
+        for n, (mean, var) in stats.items():
+            mods[n].running_mean.copy_(torch.tensor(mean))
+            mods[n].running_var.copy_(torch.tensor(var))
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, loader, batches: int = 20) -> nn.Module:
+    """Recompute BatchNorm running statistics on a few batches (no weight updates): the
+    pruned network's activations differ from the full mixture's."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+    model.train()
+    for i, (x, _) in enumerate(loader):
+        if i >= batches:
+            break
+        model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return model.eval()
+
+
+@register_model(family="cnmm")
+def cnmm_d8(**kw):
+    """Depth-8, three-scale grid at widths (16, 32, 64) for 32x32 inputs."""
+    return CNMM(depth=8, **kw)
+
+
+@register_model(family="cnmm")
+def cnmm_d12(**kw):
+    return CNMM(depth=12, **kw)
+
+
+@register_model(family="cnmm")
+def test_cnmm(**kw):
+    """Tiny grid for tests and the demo: depth 4, scales 3, widths (4, 8, 16), 8x8 inputs."""
+    kw.setdefault("widths", (4, 8, 16))
+    kw.setdefault("input_hw", 8)
+    return CNMM(depth=4, **kw)
+
+
+def pruning_operating_points(model: CNMM, fractions=(1.0, 0.75, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15),
+                             mechanisms=("edges", "channels", "both"), bn_loader=None, bn_batches: int = 20) -> dict:
+    """Operating points of one trained CNMM: for each mechanism and budget fraction of the
+    full MACs, the PruneSpec (and, when ``bn_loader`` is given, a second point with BN
+    statistics re-estimated on it). Budgets a mechanism cannot reach are listed, not hidden."""
+    full = model.full_macs()
+    ops, unreachable = {}, []
+    for mech in mechanisms:
+        for f in fractions:
+            spec = model.prune_spec(f * full, mech)
+            if spec is None:
+                unreachable.append({"mechanism": mech, "fraction": f})
+                continue
+            params = {"prune": spec.to_dict(), "mechanism": mech, "budget_fraction": f}
+            ops.setdefault(mech, []).append(OperatingPoint(f"{mech} {f:.0%}", params))
+            if bn_loader is not None:
+                net = reestimate_bn(PrunedCNMM(model, spec), bn_loader, bn_batches)
+                ops.setdefault(f"{mech}+bn", []).append(
+                    OperatingPoint(f"{mech}+bn {f:.0%}", dict(params, bn=net.bn_stats(), mechanism=f"{mech}+bn")))
+    return {"ops": ops, "unreachable": unreachable}
