@@ -32,6 +32,6 @@ def test_demo_runs_and_writes_table_record_plot(tmp_path, capsys):
     assert all(c.measured_on == "holdout" and c.points[0].macs_mean > 0 for c in curves)
     assert all(c.calibrated_on == "calib" for c in curves if "learned" in c.method or "threshold" in c.method)
     fams = {c.family for c in curves}
-    assert {"static ResNet", "early exit", "cnmm"} <= fams
+    assert {"static ResNet", "early exit", "cnmm", "lcnet"} <= fams
     assert any(c.method.startswith("selection") for c in curves)
     assert json.loads((tmp_path / "demo_record.json").read_text())["kind"] == "demo"

@@ -9,7 +9,9 @@ writes a plot and a JSON record. Each method family adds its curves here:
 * early exit: a jointly trained multi-exit ResNet with threshold, learned and oracle
   policies, and network selection over the static members (Bolukbasi et al.);
 * CNMM: one convolutional neural mixture model, pruned to many budgets without
-  re-training, by edges, by channels and both, with and without BN re-estimation.
+  re-training, by edges, by channels and both, with and without BN re-estimation;
+* LC-Net: layer skipping, channel skipping, both, and the budget-conditioned variant,
+  each swept over its decision thresholds (or budgets).
 """
 
 from __future__ import annotations
@@ -98,6 +100,19 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     runs["cnmm"] = {"seconds": time.perf_counter() - t0, "unreachable": res["unreachable"]}
     say(f"  cnmm trained once, pruned to {sum(len(v) for v in res['ops'].values())} operating points "
         f"({runs['cnmm']['seconds']:.1f}s)")
+
+    say("LC-Net (Xia et al.): per-input layer and channel skipping")
+    t0 = time.perf_counter()
+    for label, kw in (("L-Net", {"layers": True, "channels": False}), ("C-Net", {"layers": False, "channels": True}),
+                      ("LC-Net", {"layers": True, "channels": True}),
+                      ("LC-Net budget-conditioned", {"layers": True, "channels": True, "conditioned": True})):
+        kw = dict(kw, widths=[8, 16, 32], target=0.4, lam=4.0)
+        net = _train(base, out, label.replace(" ", "-"), "test_lcnet", kw, data)
+        c = evaluate_curve(net, hold, data.mean, data.std, net.operating_points(), method=label, measured_on=MEASURE)
+        c.family = "lcnet"
+        curves.append(c)
+    runs["lcnet"] = {"seconds": time.perf_counter() - t0}
+    say(f"  L-Net, C-Net, LC-Net and the budget-conditioned LC-Net trained ({runs['lcnet']['seconds']:.1f}s)")
 
     rec = make_record("demo", {"dataset": "digits", "epochs": base.epochs, "seed": seed, "calibrated_on": CALIB,
                                "measured_on": MEASURE},

@@ -47,9 +47,14 @@ def _save(plt, fig, out) -> Path:
     return out
 
 
-def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str | None = None) -> Path:
+def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str | None = None,
+                y_span: float = 25.0) -> Path:
+    """Each curve's Pareto frontier as a line (its other points as faint dots); static
+    networks as markers joined per family. The y axis shows the top ``y_span`` points of
+    accuracy; lower points are listed in the corner, not squashed into the plot."""
     plt = _mpl()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    colors = plt.get_cmap("tab20").colors
     static = {}
     for c in curves:
         if c.static:
@@ -57,25 +62,33 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
     markers = iter("osD^vP*X")
     for fam, cs in static.items():
         pts = sorted(((c.points[0].macs_mean, c.points[0].accuracy, c.method) for c in cs))
-        m = next(markers, "o")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=":", marker=m, color="0.25", label=fam, markersize=7)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=":", marker=next(markers, "o"), color="0.2",
+                label=fam, markersize=7, zorder=5)
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.3")
-    for c in curves:
-        if c.static:
-            continue
-        pts = sorted(zip(c.macs, c.accuracies))
-        if len(pts) == 1:  # a single dynamic point (e.g. the oracle) as a star
-            ax.plot(pts[0][0], pts[0][1], marker="*", markersize=13, linestyle="none", label=c.method)
+    dynamic = [c for c in curves if not c.static]
+    top = max((p.accuracy for c in curves for p in c.points), default=100.0)
+    floor = top - y_span
+    hidden = 0
+    for i, c in enumerate(dynamic):
+        col = colors[(2 * i) % 20 if len(dynamic) <= 10 else i % 20]
+        fr = sorted(zip(c.frontier().macs, c.frontier().accuracies))
+        if len(c.points) == 1:  # a single dynamic point (e.g. the oracle) as a star
+            ax.plot(fr[0][0], fr[0][1], marker="*", markersize=13, linestyle="none", color=col, label=c.method, zorder=6)
         else:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linewidth=1.5, label=c.method)
+            ax.plot([p[0] for p in fr], [p[1] for p in fr], marker=".", linewidth=1.6, color=col, label=c.method)
+            ax.scatter(c.macs, c.accuracies, s=6, color=col, alpha=0.35)
+        hidden += sum(a < floor for a in c.accuracies)
     ax.set_xscale("log")
+    ax.set_ylim(floor, top + 0.05 * y_span)
+    if hidden:
+        ax.text(0.01, 0.01, f"{hidden} points below {floor:.0f}% not shown", transform=ax.transAxes, fontsize=7, color="0.4")
     ax.set_xlabel("MACs per image (mean, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     measured = sorted({c.measured_on for c in curves if c.measured_on})
     ax.set_title(title or f"accuracy vs MACs (measured on: {', '.join(measured) or '?'})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(plt, fig, out)
 
 

@@ -1,0 +1,265 @@
+"""LC-Net: per-input layer skipping (L-Net) and channel skipping (C-Net) with learned
+scaling of what is kept (Xia, Yin, Dai, Jha, "Fully Dynamic Inference with Deep Neural
+Networks", 2020).
+
+From the abstract: two compact networks predict, per input, which layers and which
+filters are redundant, and how to scale the computation that is kept; LC-Net combines
+both. Everything else is **our design**:
+
+* One predictor per residual block: the block input, global-average-pooled, into a tiny
+  MLP (C_in -> 16 -> outputs). L-Net outputs a skip/execute logit and a scale ``1 + tanh``
+  for the residual branch; C-Net outputs a keep logit and a scale ``1 + tanh`` for each of
+  the block's inner channels (conv1's outputs, conv2's inputs). The predictors start
+  biased to "execute everything", so training starts from the backbone's behaviour.
+* Training: hard decisions in the forward pass with a straight-through Gumbel-sigmoid
+  estimator; loss = cross-entropy + ``lam * relu(E[MACs] / MACs_full - target) ** 2``, where the
+  expectation uses the keep probabilities and includes the predictors' own MACs. Training
+  starts from a trained zoo ResNet (``--init-from resnet20.cifar10``) or from scratch.
+* Budget-conditioned (beyond the paper): the predictors also see the target budget; each
+  training example draws its target uniformly in ``[budget_min, 1]`` and is penalised
+  against it, so one model serves every budget at inference (the budget is in the
+  operating point).
+* Inference: hard decisions; operating points move the decision thresholds (or, for the
+  conditioned model, the budget). Skipped blocks leave the batch (gather/scatter per
+  block). Channel skipping groups the rows that share a keep-mask and runs each group
+  through weight-sliced convolutions: at batch 1 that is plain weight slicing, and in a
+  batch per-input MACs stay exact; how much time batches save depends on how many
+  distinct masks the batch holds (reported by the bench, not assumed).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from anycost.cost import DynamicOutput, module_macs
+from anycost.eval import OperatingPoint
+
+from .registry import register_model
+from .resnet_cifar import BasicBlock, CifarResNet, conv_macs
+
+
+def _st_gate(logit: Tensor, training: bool, threshold_logit: float = 0.0) -> tuple[Tensor, Tensor]:
+    """(hard 0/1 decision with straight-through gradient, keep probability)."""
+    p = torch.sigmoid(logit)
+    if training:
+        u = torch.rand_like(logit).clamp(1e-6, 1 - 1e-6)
+        soft = torch.sigmoid(logit + u.log() - (-u).log1p())
+        hard = (soft > 0.5).to(logit.dtype)
+        return hard + soft - soft.detach(), p
+    return (logit > threshold_logit).to(logit.dtype), p
+
+
+class BlockPredictor(nn.Module):
+    def __init__(self, c_in: int, c_mid: int, layers: bool, channels: bool, conditioned: bool, hidden: int = 16):
+        super().__init__()
+        self.layers, self.channels, self.conditioned, self.c_mid = layers, channels, conditioned, c_mid
+        n_out = (2 if layers else 0) + (2 * c_mid if channels else 0)
+        self.fc1 = nn.Linear(c_in + (1 if conditioned else 0), hidden)
+        self.fc2 = nn.Linear(hidden, n_out)
+        nn.init.normal_(self.fc2.weight, std=0.01)  # small, not zero: gradients must reach fc1 too
+        with torch.no_grad():  # start by executing everything at scale ~1
+            self.fc2.bias.zero_()
+            b = 0
+            if layers:
+                self.fc2.bias[0] = 3.0
+                b = 2
+            if channels:
+                self.fc2.bias[b:b + c_mid] = 3.0
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.fc2(F.relu(self.fc1(pooled)))
+
+    def split(self, out: Tensor):
+        """-> (layer logit (B,), layer scale (B,), channel logits (B, C), channel scales (B, C)) or Nones."""
+        b = 0
+        ll = ls = cl = cs = None
+        if self.layers:
+            ll, ls = out[:, 0], 1 + torch.tanh(out[:, 1])
+            b = 2
+        if self.channels:
+            cl, cs = out[:, b:b + self.c_mid], 1 + torch.tanh(out[:, b + self.c_mid:b + 2 * self.c_mid])
+        return ll, ls, cl, cs
+
+
+class LCResNet(nn.Module):
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths=(16, 32, 64),
+                 layers: bool = True, channels: bool = True, conditioned: bool = False, target: float = 0.5,
+                 lam: float = 2.0, budget_min: float = 0.2, input_hw: int = 32):
+        super().__init__()
+        if not (layers or channels):
+            raise ValueError("enable layer skipping, channel skipping or both")
+        self.backbone = CifarResNet(depth, num_classes, in_chans, widths)
+        self.blocks_list: list[BasicBlock] = self.backbone.blocks()
+        self.layers, self.channels, self.conditioned = layers, channels, conditioned
+        self.target, self.lam, self.budget_min = target, lam, budget_min
+        self.num_classes, self.in_chans, self.input_hw = num_classes, in_chans, input_hw
+        self.predictors = nn.ModuleList(BlockPredictor(b.in_planes, b.planes, layers, channels, conditioned)
+                                        for b in self.blocks_list)
+        self.measure_costs()
+
+    # ----------------------------------------------------------------- costs
+
+    def measure_costs(self) -> None:
+        hw = self.input_hw
+        self.stem_macs = module_macs(self.backbone.stem, (self.in_chans, hw, hw))
+        self.conv1_macs, self.conv2_macs, self.pred_macs, self.in_shapes = [], [], [], []
+        c, h = self.backbone.widths[0], hw
+        for b, p in zip(self.blocks_list, self.predictors):
+            self.in_shapes.append((c, h, h))
+            self.conv1_macs.append(module_macs(b.conv1, (c, h, h)))
+            ho = -(-h // b.stride)
+            self.conv2_macs.append(module_macs(b.conv2, (b.planes, ho, ho)))
+            self.pred_macs.append(module_macs(p, (p.fc1.in_features,)))
+            c, h = b.planes, ho
+        self.head_macs = module_macs(self.backbone.fc, (self.backbone.fc.in_features,))
+        self.full_macs = self.stem_macs + sum(self.conv1_macs) + sum(self.conv2_macs) + self.head_macs
+
+    def declared_macs(self, input_size) -> int:
+        """MACs of ``forward`` in eval mode with every block and channel kept (predictors included)."""
+        return self.full_macs + sum(self.pred_macs)
+
+    # ----------------------------------------------------------------- training
+
+    def _pooled(self, h: Tensor, budget: Tensor | None) -> Tensor:
+        z = h.mean((2, 3))
+        # the budget enters centred and scaled, comparable to the pooled features
+        return torch.cat([z, 4.0 * (budget[:, None].to(z.dtype) - 0.6)], 1) if self.conditioned else z
+
+    def forward_train(self, x: Tensor, budget: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Masked (full-compute) forward with hard ST decisions; returns (logits, expected MACs per row)."""
+        n = x.shape[0]
+        h = self.backbone.stem(x)
+        exp = torch.full((n,), float(self.stem_macs + self.head_macs), device=x.device)
+        for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
+            ll, ls, cl, cs = pred.split(pred(self._pooled(h, budget)))
+            exp = exp + self.pred_macs[i]
+            if self.channels:
+                keep, pk = _st_gate(cl, self.training)  # (B, C)
+                q = pk.mean(1)
+                mid = F.relu(blk.bn1(blk.conv1(h))) * (keep * cs)[:, :, None, None]
+                branch = blk.bn2(blk.conv2(mid))
+            else:
+                q = torch.ones(n, device=x.device)
+                branch = blk.forward_branch(h)
+            if self.layers:
+                go, pl = _st_gate(ll, self.training)
+                branch = branch * (go * ls)[:, None, None, None]
+            else:
+                pl = torch.ones(n, device=x.device)
+            exp = exp + pl * q * (self.conv1_macs[i] + self.conv2_macs[i])
+            h = F.relu(branch + blk.shortcut(h))
+        return self.backbone.forward_head(h), exp
+
+    def forward(self, x: Tensor) -> Tensor:
+        budget = torch.full((x.shape[0],), self.target, device=x.device) if self.conditioned else None
+        return self.forward_train(x, budget)[0]
+
+    def training_loss(self, x: Tensor, y: Tensor, criterion, progress: float = 0.0):
+        n = x.shape[0]
+        if self.conditioned:
+            target = self.budget_min + (1 - self.budget_min) * torch.rand(n, device=x.device)
+        else:
+            target = torch.full((n,), self.target, device=x.device)
+        logits, exp = self.forward_train(x, target if self.conditioned else None)
+        ratio = exp / self.full_macs
+        # squared hinge: the push grows with the overshoot, so inputs with small budgets are
+        # pushed harder than inputs with large ones (what lets a conditioned model tell them apart)
+        return criterion(logits, y) + self.lam * F.relu(ratio - target).pow(2).mean(), logits
+
+    # ----------------------------------------------------------------- inference
+
+    def operating_points(self, taus=(0.3, 0.5, 0.7, 0.85, 0.95, 0.99),
+                         budgets=(1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2)) -> list[OperatingPoint]:
+        """Thresholds on the keep probabilities (a conditioned model: budgets at tau 0.5),
+        plus 'full': every block and channel, with the learned scales."""
+        full = [OperatingPoint("full", {"tau": 0.0, "execute_all": True})]
+        if self.conditioned:
+            return [OperatingPoint(f"budget {b:.2f}", {"budget": b}) for b in budgets] + full
+        return [OperatingPoint(f"tau {t:.2f}", {"tau": t}) for t in taus] + full
+
+    def _conv_sliced(self, conv: nn.Conv2d, x: Tensor, out_idx: Tensor | None, in_idx: Tensor | None) -> Tensor:
+        w = conv.weight
+        if out_idx is not None:
+            w = w.index_select(0, out_idx)
+        if in_idx is not None:
+            w = w.index_select(1, in_idx)
+        return F.conv2d(x, w, None, conv.stride, conv.padding)
+
+    @staticmethod
+    def _bn(bn: nn.BatchNorm2d, x: Tensor, idx: Tensor | None) -> Tensor:
+        if idx is None:
+            return bn(x)
+        return F.batch_norm(x, bn.running_mean[idx], bn.running_var[idx], bn.weight[idx], bn.bias[idx], False, 0.0, bn.eps)
+
+    @torch.no_grad()
+    def infer(self, x: Tensor, op: OperatingPoint | None = None) -> DynamicOutput:
+        """Hard decisions with real skipping. op: {"tau": t} keeps a block / channel when its
+        keep probability exceeds t (the conditioned model: {"budget": b}, tau 0.5);
+        {"execute_all": True} runs the backbone with its learned scales."""
+        op = op or OperatingPoint("default", {})
+        n = x.shape[0]
+        tau = float(op.get("tau", 0.5))
+        thr = torch.logit(torch.tensor(min(max(tau, 1e-6), 1 - 1e-6))).item()
+        all_ = bool(op.get("execute_all", False))
+        budget = torch.full((n,), float(op.get("budget", self.target)), device=x.device) if self.conditioned else None
+        macs = torch.full((n,), float(self.stem_macs + self.head_macs), dtype=torch.float64, device=x.device)
+        h = self.backbone.stem(x)
+        skipped = torch.zeros(n, dtype=torch.long, device=x.device)
+        for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
+            ll, ls, cl, cs = pred.split(pred(self._pooled(h, budget)))
+            macs += self.pred_macs[i]
+            go = (ll > thr) | all_ if self.layers else torch.ones(n, dtype=torch.bool, device=x.device)
+            out = blk.shortcut(h)
+            rows = go.nonzero().squeeze(1)
+            skipped += (~go).long()
+            if rows.numel():
+                hr = h.index_select(0, rows)  # only the rows that execute this block
+                if self.channels:
+                    keep = (cl.index_select(0, rows) > thr) | all_  # (A, C)
+                    scale = cs.index_select(0, rows)
+                    branch = torch.empty(rows.numel(), blk.planes, out.shape[2], out.shape[3], device=x.device)
+                    masks, inv = torch.unique(keep, dim=0, return_inverse=True)
+                    for g in range(masks.shape[0]):  # one weight-sliced pass per distinct keep-mask
+                        grp = (inv == g).nonzero().squeeze(1)
+                        kidx = masks[g].nonzero().squeeze(1)
+                        k = kidx.numel()
+                        macs[rows[grp]] += (self.conv1_macs[i] + self.conv2_macs[i]) * k / blk.planes
+                        if k == 0:
+                            branch[grp] = F.batch_norm(torch.zeros(grp.numel(), blk.planes, *out.shape[2:], device=x.device),
+                                                       blk.bn2.running_mean, blk.bn2.running_var, blk.bn2.weight,
+                                                       blk.bn2.bias, False, 0.0, blk.bn2.eps)
+                            continue
+                        xg = hr.index_select(0, grp)
+                        mid = F.relu(self._bn(blk.bn1, self._conv_sliced(blk.conv1, xg, kidx, None), kidx))
+                        mid = mid * scale.index_select(0, grp).index_select(1, kidx)[:, :, None, None]
+                        branch[grp] = blk.bn2(self._conv_sliced(blk.conv2, mid, None, kidx))
+                else:
+                    branch = blk.forward_branch(hr)
+                    macs[rows] += self.conv1_macs[i] + self.conv2_macs[i]
+                if self.layers:
+                    branch = branch * ls.index_select(0, rows)[:, None, None, None]
+                out = out.index_add(0, rows, branch)  # scatter the executed branches back
+            h = F.relu(out)
+        return DynamicOutput(self.backbone.forward_head(h), macs, skipped, len(self.blocks_list) + 1)
+
+
+def _lc(depth, layers, channels, conditioned=False, **kw):
+    return LCResNet(depth=depth, layers=layers, channels=channels, conditioned=conditioned, **kw)
+
+
+for _d in (20, 32, 56):
+    register_model(lambda _d=_d, **kw: _lc(_d, True, False, **kw), name=f"lnet_resnet{_d}", family="lcnet")
+    register_model(lambda _d=_d, **kw: _lc(_d, False, True, **kw), name=f"cnet_resnet{_d}", family="lcnet")
+    register_model(lambda _d=_d, **kw: _lc(_d, True, True, **kw), name=f"lcnet_resnet{_d}", family="lcnet")
+    register_model(lambda _d=_d, **kw: _lc(_d, True, True, True, **kw), name=f"lcnet_cond_resnet{_d}", family="lcnet")
+
+
+@register_model(family="lcnet")
+def test_lcnet(**kw):
+    """Tiny LC-Net for tests and the demo: resnet14 layout at widths (4, 8, 16), 8x8 inputs."""
+    kw.setdefault("widths", (4, 8, 16))
+    kw.setdefault("input_hw", 8)
+    return LCResNet(depth=14, **kw)

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from anycost.cost import check_reported_macs
+from anycost.data import BatchLoader, load_dataset
+from anycost.eval import OperatingPoint, evaluate_curve
+from anycost.models import create_model
+from anycost.train import TrainConfig, train
+
+VARIANTS = [("lnet", dict(layers=True, channels=False)), ("cnet", dict(layers=False, channels=True)),
+            ("lcnet", dict(layers=True, channels=True)), ("cond", dict(layers=True, channels=True, conditioned=True))]
+
+
+def varied(n):
+    """Inputs whose pooled statistics differ (plain noise pools to ~0 for every input)."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, 8, 8, generator=g) * (0.5 + 2 * torch.rand(n, 1, 1, 1, generator=g)) \
+        + 2 * torch.randn(n, 1, 1, 1, generator=g)
+
+
+def tiny(kw, **extra):
+    torch.manual_seed(0)
+    return create_model("test_lcnet", num_classes=10, in_chans=1, widths=(8, 16, 32), **kw, **extra)
+
+
+def _randomise_predictors(m):
+    """Untrained predictors execute everything; give them varied decisions to test routing."""
+    with torch.no_grad():
+        for p in m.predictors:
+            p.fc1.weight.normal_(0, 3.0)
+            p.fc2.weight.normal_(0, 1.0)
+            p.fc2.bias.normal_(0, 0.2)
+    return m.eval()
+
+
+@pytest.mark.parametrize("name,kw", VARIANTS)
+def test_reported_macs_are_honest(name, kw):
+    m = _randomise_predictors(tiny(kw))
+    x = varied(12)
+    for op in m.operating_points():
+        chk = check_reported_macs(m, x, op)
+        assert chk.ok and chk.rel_err < 1e-6, (name, op.name, str(chk))
+
+
+@pytest.mark.parametrize("name,kw", VARIANTS)
+def test_real_skipping_matches_masked_forward_and_batch_of_one(name, kw):
+    m = _randomise_predictors(tiny(kw))
+    x = varied(10)
+    op = OperatingPoint("t", {"tau": 0.5, "budget": 0.5} if kw.get("conditioned") else {"tau": 0.5})
+    out = m.infer(x, op)
+    if not kw.get("conditioned"):  # forward() uses the default target as budget; compare like with like
+        assert torch.allclose(out.logits, m(x), atol=1e-4)
+    ones = [m.infer(x[i:i + 1], op) for i in range(10)]
+    assert torch.allclose(out.logits, torch.cat([o.logits for o in ones]), atol=1e-4)
+    assert torch.equal(out.macs, torch.cat([o.macs for o in ones]))
+    assert out.macs.min() < out.macs.max()  # decisions really differ per input
+
+
+def test_thresholds_and_budgets_trade_macs():
+    m = _randomise_predictors(tiny(dict(layers=True, channels=True)))
+    x = varied(32)
+    macs = [m.infer(x, OperatingPoint("t", {"tau": t})).macs.mean().item() for t in (0.1, 0.5, 0.9)]
+    assert macs[0] >= macs[1] >= macs[2] and macs[0] > macs[2]
+    full = m.infer(x, OperatingPoint("full", {"tau": 0.0, "execute_all": True})).macs
+    assert torch.all(full == m.full_macs + sum(m.pred_macs))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _train(tmp, model_kwargs, data, epochs=8, **cfg_kw):
+    cfg = TrainConfig(model="test_lcnet", model_kwargs=model_kwargs, dataset="digits", epochs=epochs, batch_size=64,
+                      flip=False, channels_last=False, progress=False, out_dir=str(tmp), **cfg_kw)
+    torch.manual_seed(0)
+    train(cfg, data=data)
+    from anycost.zoo import load_model_file
+
+    return load_model_file(tmp / "last.pt")[0]
+
+
+def test_cost_penalty_learns_to_skip(tmp_path, digits):
+    m = _train(tmp_path, {"widths": [8, 16, 32], "target": 0.4, "lam": 4.0}, digits)
+    c = evaluate_curve(m, digits.get("holdout"), digits.mean, digits.std, m.operating_points(), measured_on="holdout")
+    by = {p.operating_point.name: p for p in c.points}
+    assert by["tau 0.50"].macs_mean < 0.8 * by["full"].macs_mean  # it learned to skip
+    assert by["tau 0.50"].accuracy > 60  # and still classifies (chance: 10 %)
+
+
+def test_budget_conditioned_model_follows_its_budget(tmp_path, digits):
+    m = _train(tmp_path, {"widths": [8, 16, 32], "conditioned": True, "lam": 4.0, "budget_min": 0.2}, digits)
+    x = next(iter(BatchLoader(digits.get("holdout"), 128, digits.mean, digits.std)))[0]
+    lo = m.infer(x, OperatingPoint("b", {"budget": 0.25})).macs.mean()
+    hi = m.infer(x, OperatingPoint("b", {"budget": 1.0})).macs.mean()
+    assert lo < hi
+
+
+def test_start_from_a_trained_resnet(tmp_path, digits):
+    cfg = TrainConfig(model="resnet14", model_kwargs={"widths": [8, 16, 32]}, dataset="digits", epochs=1, batch_size=64,
+                      flip=False, channels_last=False, progress=False, out_dir=str(tmp_path / "r14"))
+    train(cfg, data=digits)
+    m = _train(tmp_path / "lc", {"widths": [8, 16, 32]}, digits, epochs=1, init_from=str(tmp_path / "r14"))
+    assert m.backbone.fc.weight.shape == (10, 32)
+    with pytest.raises(Exception, match="does not match"):
+        _train(tmp_path / "bad", {"widths": [4, 8, 16]}, digits, epochs=1, init_from=str(tmp_path / "r14"))
