@@ -302,18 +302,21 @@ def cmd_plot(a) -> int:
 def cmd_report(a) -> int:
     from anycost.plot import curves_from_record
     from anycost.records import RecordError, read_record
-    from anycost.report import bench_table, curves_table
+    from anycost.report import bench_table, curves_table, train_table
 
-    curves, benches = [], []
+    curves, benches, trains = [], [], []
     for p in a.records:
         rec = read_record(p)
         found = curves_from_record(rec)
         if rec.get("kind") == "bench":
             benches.append((rec["results"].get("method", p), rec["results"]["bench"]))
+        elif rec.get("kind") == "train":
+            trains.append(rec)
         elif not found:
-            raise RecordError(f"{p}: record has neither a curve nor a benchmark")
+            raise RecordError(f"{p}: record has neither a curve, a benchmark nor a training history")
         curves.extend(found)
-    parts = [curves_table(curves)] if curves else []
+    parts = [train_table(trains)] if trains else []
+    parts += [curves_table(curves, frontier_only=a.frontier)] if curves else []
     parts += [bench_table(m, b) for m, b in benches]
     print("\n\n".join(parts))
     return 0
@@ -462,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="Markdown tables from records", epilog=EPILOG,
                        description="Print the curves (accuracy, top-5, mean and p95 MACs, calibration and "
                                    "measurement splits) and benchmarks in the given records as Markdown tables.")
-    r.add_argument("records", nargs="+", help="eval, bench, demo or reproduce record files")
+    r.add_argument("records", nargs="+", help="train, eval, calibrate, bench, demo or reproduce record files")
+    r.add_argument("--frontier", action="store_true", help="only each curve's Pareto points")
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="offline demo: train small models on the embedded digits, table + plot", epilog=EPILOG,

@@ -30,3 +30,19 @@ def bench_table(method: str, b: dict) -> str:
                      f"| {r['throughput_img_s']:.0f} | {r['speedup_batched']:.2f}x "
                      f"| {r['realised_fraction_batch1']:.2f}, {r['realised_fraction_batched']:.2f} |")
     return "\n".join(lines)
+
+
+def train_table(records: list[dict]) -> str:
+    """Training runs: final validation accuracy, time and throughput, from train records."""
+    lines = ["| model | epochs | val top-1 (%) | val top-5 (%) | train time (min) | s / epoch (median) | img/s (median) | hardware |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in records:
+        h = r["results"]["history"]
+        fin = r["results"]["final"] or {}
+        secs = sorted(x["epoch_seconds"] for x in h)
+        ips = sorted(x["images_per_s"] for x in h)
+        hw = r["hardware"]
+        lines.append(f"| {r['config']['model']} | {len(h)} | {fin.get('val_acc', float('nan')):.2f} | "
+                     f"{fin.get('val_top5', float('nan')):.2f} | {r['results']['train_seconds'] / 60:.1f} | "
+                     f"{secs[len(secs) // 2]:.0f} | {ips[len(ips) // 2]:.0f} | {hw['cpu']}, {hw['torch_threads']} threads |")
+    return "\n".join(lines)
