@@ -332,25 +332,34 @@ def load_dataset(dataset: str = "digits", data_dir: str | None = None, val_size:
 # --------------------------------------------------------------------------- batches
 
 
-def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
-    """Random crop with zero padding and horizontal flip for a whole batch.
+def draw_augmentation(b: int, pad: int, flip: bool, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Random crop offsets (dy, dx) and flip flags for ``b`` images, from ``gen`` (CPU)."""
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen) if pad > 0 else torch.zeros(b, dtype=torch.long)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen) if pad > 0 else torch.zeros(b, dtype=torch.long)
+    fl = torch.rand(b, generator=gen) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
+    return dy, dx, fl
 
-    x: (B, C, H, W) any dtype. Offsets and flips are drawn from ``gen`` (on the CPU, so the
-    stream is identical whatever the device)."""
+
+def apply_augmentation(x: Tensor, pad: int, dy: Tensor, dx: Tensor, fl: Tensor) -> Tensor:
+    """Crop each image of x (B, C, H, W) at its (dy, dx) in the zero-padded batch; flip where fl."""
     b, c, h, w = x.shape
     if pad > 0:
         xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+        rows = (dy.to(x.device)[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx.to(x.device)[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
         bidx = torch.arange(b, device=x.device)[:, None, None, None]
         cidx = torch.arange(c, device=x.device)[None, :, None, None]
         x = xp[bidx, cidx, rows, cols]  # (B, C, H, W)
-    if flip:
-        m = (torch.rand(b, generator=gen) < 0.5).to(x.device)[:, None, None, None]
-        x = torch.where(m, x.flip(3), x)
+    if bool(fl.any()):
+        x = torch.where(fl.to(x.device)[:, None, None, None], x.flip(3), x)
     return x
+
+
+def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
+    """Random crop with zero padding and horizontal flip for a whole batch (tensor ops,
+    no per-image loop). Offsets and flips come from ``gen`` on the CPU, so the stream is
+    the same whatever the device."""
+    return apply_augmentation(x, pad, *draw_augmentation(x.shape[0], pad, flip, gen))
 
 
 class BatchLoader:
@@ -397,7 +406,12 @@ class BatchLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.ds.images[idx].to(self.device, non_blocking=True)
             if self.augment:
-                x = augment_batch(x, self.pad, self.flip, self.gen)
+                # Draw for the whole global batch on every rank and keep this rank's share: the
+                # ranks' strided shards of step i together are the single-process batch i, so the
+                # same images get the same crops and flips whatever the number of processes.
+                dy, dx, fl = draw_augmentation(idx.numel() * self.world_size, self.pad, self.flip, self.gen)
+                r, w = self.rank, self.world_size
+                x = apply_augmentation(x, self.pad, dy[r::w], dx[r::w], fl[r::w])
             x = (x.float() / 255.0 - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -27,6 +27,9 @@ from tqdm.auto import tqdm
 
 from anycost.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_atomic
 from anycost.data import BatchLoader, load_dataset
+from anycost.distributed import LossModule, all_reduce_sums, convert_batchnorm
+from anycost.distributed import setup as dist_setup
+from anycost.distributed import teardown as dist_teardown
 from anycost.eval import evaluate_classifier
 from anycost.models import create_model
 from anycost.records import make_record, write_json_atomic
@@ -148,7 +151,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    info = dist_setup(cfg.device)  # one process unless launched by torchrun
+    device = info.device
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must divide among {info.world_size} processes")
     out = Path(cfg.out_dir)
     ckpt_path, rec_path = out / "last.pt", out / "record.json"
 
@@ -161,11 +167,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if info.enabled:
+        convert_batchnorm(model, device)  # BN statistics over the global batch, as in one process
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = BatchLoader(data.train, cfg.batch_size, data.mean, data.std, shuffle=True, augment=cfg.augment, flip=cfg.flip,
+    train_loader = BatchLoader(data.train, cfg.batch_size // info.world_size, data.mean, data.std, shuffle=True, augment=cfg.augment, flip=cfg.flip,
                                pad=cfg.pad if cfg.pad is not None else max(1, data.input_size[1] // 8), drop_last=len(data.train) >= cfg.batch_size, device=device,
-                               generator=gen, channels_last=cfg.channels_last)
+                               generator=gen, channels_last=cfg.channels_last, rank=info.rank,
+                               world_size=info.world_size)
     eval_split = data.val if data.val is not None else None
     steps_per_epoch = len(train_loader)
     opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -192,6 +201,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
 
     step_fn = torch.compile(model) if cfg.compile else model
     family_loss = getattr(model, "training_loss", None)
+    ddp = None
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(LossModule(model, criterion), broadcast_buffers=False)
     config_dict = asdict(cfg)
     meta = {"model_name": cfg.model, "model_kwargs": cfg.model_kwargs, "num_classes": data.num_classes,
             "input_size": list(data.input_size), "classes": data.train.classes,
@@ -210,10 +224,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
             t0 = time.perf_counter()
             seen, loss_sum, correct = 0, 0.0, 0
             bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not cfg.progress, leave=False, dynamic_ncols=True)
+                       disable=not (cfg.progress and info.is_main), leave=False, dynamic_ncols=True)
             for i, (x, y) in enumerate(bar):
                 step = epoch * steps_per_epoch + i
-                if family_loss is not None:
+                if ddp is not None:
+                    loss, logits = ddp(x, y, step / total_steps)
+                elif family_loss is not None:
                     loss, logits = family_loss(x, y, criterion=criterion, progress=step / total_steps)
                 else:
                     logits = step_fn(x)
@@ -232,27 +248,37 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
                 if on_step is not None:
                     on_step(step)
+            if info.enabled:  # metrics over all ranks
+                seen, loss_sum, correct = all_reduce_sums([seen, loss_sum, correct], device)
             epoch_s = time.perf_counter() - t0
             train_seconds += epoch_s
             row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / seen,
                    "train_acc": 100.0 * correct / seen, "epoch_seconds": epoch_s, "images_per_s": seen / epoch_s}
-            if eval_split is not None:
+            if eval_split is not None and info.is_main:
                 ev = evaluate_classifier(model, eval_split, data.mean, data.std, cfg.eval_batch_size, device,
                                          channels_last=cfg.channels_last)
                 row.update(val_acc=ev["top1"], val_top5=ev["top5"], val_loss=ev["loss"])
             history.append(row)
+            if not info.is_main:  # only rank 0 writes; the others wait for it
+                torch.distributed.barrier()
+                continue
             save_atomic({"format": CKPT_FORMAT, "config": config_dict, "epoch": epoch + 1, "model": model.state_dict(),
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "loader_rng": gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "history": history, "train_seconds": train_seconds,
                          "meta": meta}, ckpt_path)
             write_record("running" if epoch + 1 < cfg.epochs else "done")
+            if info.enabled:
+                torch.distributed.barrier()
             if cfg.progress:
                 va = f" val_acc {row['val_acc']:.2f}%" if "val_acc" in row else ""
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} train_acc {row['train_acc']:.2f}%{va}"
                            f" ({epoch_s:.0f}s, {row['images_per_s']:.0f} img/s)")
     except KeyboardInterrupt:
-        write_record("interrupted")
+        if info.is_main:
+            write_record("interrupted")
         raise
-    if not history:  # resumed a finished run
+    finally:
+        dist_teardown(info)
+    if not history and info.is_main:  # resumed a finished run
         write_record("done")
     return json.loads(rec_path.read_text())
