@@ -70,3 +70,12 @@ def test_resume_under_torchrun(ddp_run, tmp_path):
     w, ref = _weights(tmp_path / "r"), _weights(ddp_run)
     for k in ref:
         assert torch.allclose(w[k].float(), ref[k].float(), rtol=1e-3, atol=1e-4), k
+
+
+@pytest.mark.parametrize("model", ["test_ee_resnet", "test_cnmm", "test_lcnet"])
+def test_every_family_trains_under_torchrun(model, tmp_path):
+    """Families train through their own loss (every exit, mixture + cost term, skip penalty):
+    DDP wraps that loss, so their gradients are synchronised too."""
+    _run(["train", model, "--recipe", "demo", "--epochs", "1", "--set", "batch_size=64", "--threads", "1",
+          "--no-progress", "--out", str(tmp_path)], distributed=True)
+    assert (tmp_path / "last.pt").exists()
