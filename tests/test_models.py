@@ -21,6 +21,11 @@ def test_unknown_model_is_an_error():
         create_model("resnet21")
 
 
+def test_bad_model_arguments_are_a_clear_error():
+    with pytest.raises(ValueError, match="bad arguments for model 'resnet20'.*bogus"):
+        create_model("resnet20", bogus=1)
+
+
 def test_list_models_filters():
     assert "resnet20" in list_models("resnet*") and "test_resnet" not in list_models(include_test=False)
 

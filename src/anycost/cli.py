@@ -158,7 +158,7 @@ def cmd_eval(a) -> int:
     name = _model_name(a.model, meta)
     with torch.inference_mode():
         curve = evaluate_curve(model, ds, norm["mean"], norm["std"], ops, method=name, calibrated_on=calibrated_on,
-                               measured_on=a.split, batch_size=a.batch_size, device=a.device)
+                               measured_on=a.split, batch_size=a.batch_size, device=a.device, progress=sys.stderr.isatty())
     if calibrated_on and calibrated_on == a.split:
         print(f"anycost: warning: operating points were chosen on '{calibrated_on}' and are measured on it too; "
               "these numbers are optimistic", file=sys.stderr)

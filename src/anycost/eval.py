@@ -286,12 +286,14 @@ def point_from_outputs(op: OperatingPoint, logits: Tensor, labels: Tensor, macs:
 
 def evaluate_curve(model: nn.Module, ds: ImageDataset, mean, std, ops: list[OperatingPoint] | None = None,
                    method: str | None = None, calibrated_on: str | None = None, measured_on: str | None = None,
-                   batch_size: int = 1000, device="cpu") -> TradeoffCurve:
+                   batch_size: int = 1000, device="cpu", progress: bool = False) -> TradeoffCurve:
     """One real pass per operating point (real routing, real per-sample MACs)."""
+    from tqdm.auto import tqdm
+
     dyn = as_dynamic(model, tuple(ds.images.shape[1:]))
     ops = ops or dyn.operating_points()
     pts = []
-    for op in ops:
+    for op in tqdm(ops, desc="operating points", disable=not progress or len(ops) < 2, leave=False):
         o = collect_outputs(dyn, ds, mean, std, op, batch_size, device)
         pts.append(point_from_outputs(op, o.logits, o.labels, o.macs, o.path, o.num_paths))
     name = method or getattr(model, "model_name", type(model).__name__)

@@ -48,6 +48,9 @@ def create_model(name: str, pretrained: str | bool | None = None, **kwargs) -> n
         close = fnmatch.filter(_REGISTRY, f"*{name}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise KeyError(f"unknown model '{name}'{hint}; see `anycost models` or list_models()")
-    model = _REGISTRY[name](**kwargs)
+    try:
+        model = _REGISTRY[name](**kwargs)
+    except TypeError as e:  # an unknown or ill-typed keyword: a user mistake, said in one line
+        raise ValueError(f"bad arguments for model '{name}': {e}") from None
     model.model_name = name
     return model
