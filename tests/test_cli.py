@@ -8,7 +8,7 @@ from anycost.cli import build_parser, main
 from anycost.train import TrainConfig, train
 
 
-SUBCOMMANDS = ["train", "models", "zoo", "export", "eval", "bench", "plot", "report", "demo"]
+SUBCOMMANDS = ["train", "models", "zoo", "export", "eval", "calibrate", "bench", "plot", "report", "reproduce", "demo"]
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)

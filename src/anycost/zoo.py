@@ -107,7 +107,11 @@ def load_cascade(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         raise CheckpointError(f"{path}: unreadable cascade spec ({e})") from None
     if spec.get("format") != CASCADE_FORMAT:
         raise CheckpointError(f"{path}: not an anycost cascade spec")
-    members = [resolve_model(m) for m in spec["members"]]
+    def member(m: str):  # a zoo name next to the spec (its own zoo folder), else anywhere resolve_model looks
+        local = path.parent / f"{m}.pt"
+        return load_model_file(local) if local.is_file() else resolve_model(m)
+
+    members = [member(m) for m in spec["members"]]
     metas = [m for _, m in members]
     for m in metas[1:]:
         if m["normalization"] != metas[0]["normalization"] or list(m["input_size"]) != list(metas[0]["input_size"]):

@@ -1,0 +1,180 @@
+"""``anycost reproduce``: the whole comparison from one command.
+
+For every entry of a suite (static ResNets, early exit, network selection, CNMM, LC-Net),
+use the committed zoo checkpoint, or (without ``--reuse``) train it, choose its operating
+points on the validation split and add it to the zoo. Then measure every entry on the
+test split when its files exist, else on the validation holdout, time it at batch 1 and
+in batches, and write one combined record, an accuracy-vs-MACs plot, a wall-clock plot and
+a Markdown table. Entries that are neither in the zoo nor trainable (``--reuse``) are listed
+as missing, never silently dropped. Training resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from anycost.bench import BenchConfig, bench_model
+from anycost.calibrate import cache_split, calibrate
+from anycost.data import BatchLoader, has_cifar_split, load_dataset
+from anycost.eval import OperatingPoint, evaluate_curve
+from anycost.plot import plot_curves, plot_speedups
+from anycost.records import make_record, write_json_atomic
+from anycost.report import curves_table
+
+
+@dataclass
+class Entry:
+    name: str  # zoo name
+    kind: str  # static | ee | cascade | cnmm | lcnet
+    family: str  # plot / table grouping
+    model: str | None = None
+    kwargs: dict = field(default_factory=dict)
+    init_from: str | None = None
+    members: list[str] = field(default_factory=list)  # cascades
+
+
+def _static(names, tag):
+    return [Entry(f"{n}.{tag}", "static", "static ResNet", n) for n in names]
+
+
+SUITES = {
+    # our choices for CIFAR-10 with the cpu recipe (see README)
+    "cifar10": _static(["resnet8", "resnet14", "resnet20", "resnet32", "resnet56"], "cifar10") + [
+        Entry("ee_resnet20_heads.cifar10", "ee", "early exit", "ee_resnet20", {"mode": "heads"}, "resnet20.cifar10"),
+        Entry("ee_resnet20.cifar10", "ee", "early exit", "ee_resnet20"),
+        Entry("select_resnet8_resnet20_resnet56.cifar10", "cascade", "network selection",
+              members=["resnet8.cifar10", "resnet20.cifar10", "resnet56.cifar10"]),
+        Entry("cnmm_d8.cifar10", "cnmm", "cnmm", "cnmm_d8"),
+        Entry("lnet_resnet20.cifar10", "lcnet", "lcnet", "lnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
+        Entry("cnet_resnet20.cifar10", "lcnet", "lcnet", "cnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
+        Entry("lcnet_resnet20.cifar10", "lcnet", "lcnet", "lcnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
+        Entry("lcnet_cond_resnet20.cifar10", "lcnet", "lcnet", "lcnet_cond_resnet20", {}, "resnet20.cifar10"),
+    ],
+    # a miniature of the same pipeline on the embedded digits (tests, offline trials)
+    "digits": [
+        Entry("r8w4.digits", "static", "static ResNet", "resnet8", {"widths": [4, 8, 16]}),
+        Entry("r8w16.digits", "static", "static ResNet", "resnet8", {"widths": [16, 32, 64]}),
+        Entry("ee.digits", "ee", "early exit", "test_ee_resnet", {"widths": [16, 32, 64]}),
+        Entry("select.digits", "cascade", "network selection", members=["r8w4.digits", "r8w16.digits"]),
+        Entry("cnmm.digits", "cnmm", "cnmm", "test_cnmm", {"widths": [16, 32, 64]}),
+        Entry("lcnet.digits", "lcnet", "lcnet", "test_lcnet", {"widths": [8, 16, 32], "target": 0.4, "lam": 4.0}),
+    ],
+}
+
+
+def _zoo_path(zoo: Path, name: str) -> Path | None:
+    for ext in (".pt", ".json"):
+        if (zoo / f"{name}{ext}").is_file():
+            return zoo / f"{name}{ext}"
+    return None
+
+
+def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
+    """Train an entry that is not in the zoo, choose its operating points, export it."""
+    from anycost.train import train
+    from anycost.zoo import export_cascade, export_to_zoo, load_model_file, resolve_model
+
+    if e.kind == "cascade":
+        missing = [m for m in e.members if _zoo_path(zoo, m) is None]
+        if missing:
+            raise FileNotFoundError(f"{e.name} needs {', '.join(missing)} first")
+        from anycost.selection import Cascade
+
+        members = [resolve_model(str(_zoo_path(zoo, m)))[0] for m in e.members]
+        casc = Cascade(members, data.input_size, e.members)
+        res = calibrate(casc, cache_split(casc, data, "calib"), cache_split(casc, data, "holdout"), metrics=("maxprob",),
+                        jump=True, name=e.name)
+        export_cascade(e.name, list(e.members), [o.to_dict() for o in res["operating_points"]],
+                       "calib", casc.net_macs, data.split_info["dataset"], zoo)
+        return
+    init = str(_zoo_path(zoo, e.init_from)) if e.init_from else None
+    if e.init_from and init is None:
+        raise FileNotFoundError(f"{e.name} starts from {e.init_from}, which is not in the zoo yet")
+    run = runs / e.name
+    cfg = replace(base, model=e.model, model_kwargs=dict(e.kwargs), init_from=init, out_dir=str(run))
+    say(f"  training {e.name} -> {run}")
+    train(cfg, resume=(run / "last.pt").exists(), data=data)
+    model, _ = load_model_file(run / "last.pt")
+    extra = {}
+    if e.kind == "ee":
+        res = calibrate(model, cache_split(model, data, "calib"), cache_split(model, data, "holdout"), metrics=("maxprob",),
+                        name=e.name)
+        extra = {"operating_points": [o.to_dict() for o in res["operating_points"]], "calibrated_on": "calib"}
+    elif e.kind == "cnmm":
+        from anycost.models.cnmm import pruning_operating_points
+
+        bn_loader = BatchLoader(data.train, 256, data.mean, data.std)
+        ops = pruning_operating_points(model, bn_loader=bn_loader)["ops"]
+        extra = {"operating_points": [o.to_dict() for v in ops.values() for o in v], "calibrated_on": "train (BN statistics)"}
+    elif e.kind == "lcnet":
+        extra = {"operating_points": [o.to_dict() for o in model.operating_points()]}
+    export_to_zoo(run, e.name, zoo, extra_meta=extra)
+
+
+def run_reproduce(dataset: str = "cifar10", recipe: str = "cpu", data_dir: str | None = None, reuse: bool = False,
+                  out: str = "runs/reproduce", zoo_dir: str | None = None, epochs: int | None = None,
+                  bench: bool = True, latency_runs: int = 30, progress: bool = True) -> dict:
+    from anycost.train import TrainConfig, load_recipe
+    from anycost.zoo import resolve_model, zoo_dir as default_zoo
+
+    t_start = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    if dataset not in SUITES:
+        raise ValueError(f"no reproduction suite for '{dataset}' (have: {', '.join(SUITES)})")
+    zoo, outp = Path(zoo_dir or default_zoo()), Path(out)
+    base = TrainConfig.from_dict(dict(load_recipe(recipe), dataset=dataset, data_dir=data_dir))
+    base = replace(base, progress=progress, epochs=epochs or base.epochs)
+    data = load_dataset(dataset, data_dir)
+    measure = "test" if dataset in ("cifar10", "cifar100") and has_cifar_split(data_dir, dataset, "test") else "holdout"
+    say(f"suite {dataset}: {len(SUITES[dataset])} entries; measuring on '{measure}'"
+        + ("" if measure == "test" else " (no test files: the validation holdout)"))
+    curves, benches, missing = [], {}, []
+    for e in SUITES[dataset]:
+        if _zoo_path(zoo, e.name) is None:
+            if reuse:
+                missing.append({"name": e.name, "why": "not in the zoo (--reuse trains nothing)"})
+                say(f"  {e.name}: missing from the zoo")
+                continue
+            try:
+                _obtain(e, data, base, zoo, outp / "runs", say)
+            except FileNotFoundError as err:
+                missing.append({"name": e.name, "why": str(err)})
+                say(f"  {e.name}: skipped ({err})")
+                continue
+        model, meta = resolve_model(str(_zoo_path(zoo, e.name)))
+        norm = meta["normalization"]
+        ops = [OperatingPoint.from_dict(o) for o in meta.get("operating_points", [])] or None
+        ds = data.get(measure)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            c = evaluate_curve(model, ds, norm["mean"], norm["std"], ops, method=e.name.rsplit(".", 1)[0],
+                               calibrated_on=meta.get("calibrated_on") if ops else None, measured_on=measure)
+        c.family = e.family
+        curves.append(c)
+        if bench:
+            x = next(iter(BatchLoader(ds, 256, norm["mean"], norm["std"])))[0]
+            benches[c.method] = bench_model(model, x, ops, BenchConfig(batch_size=256, latency_runs=latency_runs,
+                                                                       throughput_batches=2, warmup=3))
+        best = max(c.points, key=lambda p: p.accuracy)
+        say(f"  {e.name:<42} {len(c.points):>3} points, best {best.accuracy:.2f}% at {best.macs_mean / 1e6:.2f} M MACs "
+            f"({time.perf_counter() - t0:.0f}s)")
+    rec = make_record("reproduce", {"dataset": dataset, "recipe": recipe, "data_dir": data_dir, "reuse": reuse,
+                                    "measured_on": measure, "zoo": str(zoo)},
+                      {"curves": [c.to_dict() for c in curves], "bench": benches, "missing": missing,
+                       "seconds": time.perf_counter() - t_start})
+    write_json_atomic(outp / "reproduce_record.json", rec)
+    if curves:
+        plot_curves(curves, outp / "accuracy_vs_macs.png", title=f"{dataset}: accuracy vs MACs (measured on {measure})")
+    if benches:
+        plot_speedups(benches, outp / "wallclock.png", title=f"{dataset}: wall-clock speed-up vs MAC reduction")
+    table = curves_table(curves, frontier_only=True) if curves else "(nothing to measure)"
+    (outp / "results.md").write_text(f"Measured on: {measure}. Pareto points of each curve; all points are in "
+                                     f"reproduce_record.json.\n\n{table}\n"
+                                     + ("".join(f"\nmissing: {m['name']} ({m['why']})" for m in missing)))
+    say(f"\nrecord: {outp / 'reproduce_record.json'}; plots and results.md in {outp} "
+        f"({time.perf_counter() - t_start:.0f}s)")
+    return rec

@@ -1,0 +1,35 @@
+import json
+
+from anycost.cli import main
+
+
+def test_reproduce_trains_exports_then_reuses(tmp_path, capsys):
+    zoo, out = tmp_path / "zoo", tmp_path / "out"
+    assert main(["reproduce", "digits", "--zoo-dir", str(zoo), "--out", str(out), "--epochs", "2",
+                 "--latency-runs", "3"]) == 0
+    rec = json.loads((out / "reproduce_record.json").read_text())
+    methods = {c["method"] for c in rec["results"]["curves"]}
+    assert methods == {"r8w4", "r8w16", "ee", "select", "cnmm", "lcnet"} and not rec["results"]["missing"]
+    assert {c["measured_on"] for c in rec["results"]["curves"]} == {"holdout"}
+    assert set(rec["results"]["bench"]) == methods
+    for f in ("accuracy_vs_macs.png", "wallclock.png"):
+        assert (out / f).read_bytes()[:4] == b"\x89PNG"
+    assert "Measured on: holdout" in (out / "results.md").read_text()
+    index = json.loads((zoo / "index.json").read_text())
+    assert set(index) == {"r8w4.digits", "r8w16.digits", "ee.digits", "select.digits", "cnmm.digits", "lcnet.digits"}
+    assert index["ee.digits"]["operating_points"] > 5
+
+    # --reuse: the same numbers from the zoo alone, nothing trained
+    out2 = tmp_path / "out2"
+    assert main(["reproduce", "digits", "--reuse", "--zoo-dir", str(zoo), "--out", str(out2), "--no-bench"]) == 0
+    rec2 = json.loads((out2 / "reproduce_record.json").read_text())
+    acc = lambda r: {c["method"]: [p["accuracy"] for p in c["points"]] for c in r["results"]["curves"]}
+    assert acc(rec2) == acc(rec)
+    assert not (out2 / "runs").exists()
+
+
+def test_reproduce_reuse_lists_what_is_missing(tmp_path, capsys):
+    assert main(["reproduce", "digits", "--reuse", "--zoo-dir", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "reproduce_record.json").read_text())
+    assert len(rec["results"]["missing"]) == 6 and rec["results"]["curves"] == []
+    assert "missing: r8w4.digits" in (tmp_path / "results.md").read_text()
