@@ -41,11 +41,13 @@ def test_model_contract(name):
     for mod in m.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
-    x = torch.randn(2, c, h, w)
+    # batch 8: hard-gated families (LC-Net) pass no gradient to a block every input skips;
+    # with 8 inputs and keep probabilities near 0.95 at initialisation that does not happen
+    x = torch.randn(8, c, h, w)
     out = m(x)
-    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    assert out.shape == (8, 7) and torch.isfinite(out).all()
     if hasattr(m, "training_loss"):  # families train through their own loss (e.g. every exit)
-        loss, _ = m.training_loss(x, torch.tensor([0, 3]), criterion=torch.nn.CrossEntropyLoss())
+        loss, _ = m.training_loss(x, torch.arange(8) % 7, criterion=torch.nn.CrossEntropyLoss())
         loss.backward()
     else:
         out.logsumexp(1).sum().backward()
