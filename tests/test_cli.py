@@ -99,3 +99,17 @@ def test_models_and_zoo_listing(capsys):
 
 def test_parser_builds():
     assert build_parser().prog == "anycost"
+
+
+@pytest.mark.skipif("resnet20.cifar10" not in __import__("anycost.zoo", fromlist=["x"]).read_index(),
+                    reason="resnet20.cifar10 not in the zoo")
+def test_zoo_resnet20_eval_on_test_only_folder_and_bench(cifar_test_only, capsys):
+    """The acceptance commands: eval on a folder with only test_batch + batches.meta, and bench."""
+    assert main(["eval", "resnet20.cifar10", "--data-dir", str(cifar_test_only), "--split", "test", "--json",
+                 "--no-record"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 40 and out["points"][0]["macs_mean"] == 40551040
+    assert main(["bench", "resnet20.cifar10", "--latency-runs", "3", "--batches", "1", "--batch-size", "8",
+                 "--warmup", "1", "--record", str(cifar_test_only.parent / "b.json")]) == 0
+    text = capsys.readouterr().out
+    assert "batch-1 p50 (ms)" in text and "| full | 40.551 | 1.00x |" in text
