@@ -61,3 +61,12 @@ def test_model_contract(name):
 def test_resnet_macs_match_literature(name, published):
     macs = module_macs(create_model(name), (3, 32, 32))
     assert abs(macs - published) / published < 0.01
+
+
+def test_import_has_no_side_effects():
+    import subprocess
+    import sys
+
+    code = "import sys, anycost; assert 'torch' not in sys.modules; print(anycost.create_model('resnet8').depth)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "8", p.stderr
