@@ -167,3 +167,32 @@ def test_segmentation_on_synthetic_shapes():
     assert net(x[:2]).shape == (2, 3, 16, 16)
     assert count_macs(net, x[:2]) == 2 * net.macs
     assert check_reported_macs(m, x[:4], OperatingPoint("p", {"prune": net.spec.to_dict()})).ok
+
+
+def test_voc_layout_loader(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from anycost.data import DataError
+    from anycost.segmentation import load_voc_segmentation
+
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (tmp_path / d).mkdir(parents=True)
+    ids = ["2007_000001", "2007_000002"]
+    for k, i in enumerate(ids):
+        Image.fromarray(np.full((20, 30, 3), 40 * k, dtype=np.uint8)).save(tmp_path / "JPEGImages" / f"{i}.jpg")
+        seg = np.zeros((20, 30), dtype=np.uint8)
+        seg[5:15, 10:20] = k + 1
+        seg[0, 0] = 255  # VOC's "ignore" border value
+        p = Image.fromarray(seg, mode="P")
+        p.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+        p.save(tmp_path / "SegmentationClass" / f"{i}.png")
+    (tmp_path / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids))
+    x, y = load_voc_segmentation(tmp_path, "train", size=16)
+    assert x.shape == (2, 3, 16, 16) and y.shape == (2, 16, 16)
+    assert set(y[1].unique().tolist()) <= {0, 2, 255} and (y[1] == 2).any()
+    with pytest.raises(DataError, match="val.txt: not found"):
+        load_voc_segmentation(tmp_path, "val")
+    (tmp_path / "SegmentationClass" / f"{ids[0]}.png").unlink()
+    with pytest.raises(DataError, match="2007_000001.png: not found"):
+        load_voc_segmentation(tmp_path, "train")

@@ -104,3 +104,24 @@ def test_start_from_a_trained_resnet(tmp_path, digits):
     assert m.backbone.fc.weight.shape == (10, 32)
     with pytest.raises(Exception, match="does not match"):
         _train(tmp_path / "bad", {"widths": [4, 8, 16]}, digits, epochs=1, init_from=str(tmp_path / "r14"))
+
+
+def test_lcnet_on_a_torchvision_resnet18():
+    """ImageNet users: LC-Net around torchvision's resnet18 (downsample shortcuts and the
+    max-pool stem are measured and always charged); honest MACs, real skipping."""
+    from torchvision.models import resnet18
+
+    from anycost.models.lcnet import LCResNet
+
+    torch.manual_seed(0)
+    m = _randomise_predictors(LCResNet.from_torchvision(resnet18(num_classes=10), input_hw=32))
+    assert len(m.blocks_list) == 8 and sum(m.shortcut_macs) > 0
+    x = torch.randn(6, 3, 32, 32) * (0.5 + 2 * torch.rand(6, 1, 1, 1))
+    for op in m.operating_points():
+        chk = check_reported_macs(m, x, op)
+        assert chk.ok and chk.rel_err < 1e-6, (op.name, str(chk))
+    full = m.infer(x, OperatingPoint("full", {"tau": 0.0, "execute_all": True}))
+    assert torch.all(full.macs == m.full_macs + sum(m.pred_macs))
+    loss, _ = m.training_loss(x, torch.arange(6), criterion=torch.nn.CrossEntropyLoss())
+    loss.backward()
+    assert m.predictors[0].fc1.weight.grad is not None

@@ -72,3 +72,38 @@ def predict(model: nn.Module, images: Tensor) -> Tensor:
     model.eval()
     out = model(images)
     return (out.logits if hasattr(out, "logits") else out).argmax(1)
+
+
+def load_voc_segmentation(root, split: str = "train", size: int = 64, ignore_index: int = 255) -> tuple[Tensor, Tensor]:
+    """A PASCAL VOC-style folder: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png`` (palette
+    PNGs whose indices are class ids, 255 = ignore) and ``ImageSets/Segmentation/<split>.txt``.
+    Returns float images (N, 3, size, size) in [0, 1] and masks (N, size, size) int64 (nearest
+    resizing keeps ids intact). Missing files are one-line DataErrors naming the file."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from anycost.data import DataError
+
+    root = Path(root)
+    ids_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not ids_file.is_file():
+        raise DataError(f"{ids_file}: not found (expected the VOC layout under {root})")
+    ids = [s.strip() for s in ids_file.read_text().splitlines() if s.strip()]
+    if not ids:
+        raise DataError(f"{ids_file}: lists no images")
+    xs, ys = [], []
+    for i in ids:  # decoding files is per file; everything after is batched
+        img_p, seg_p = root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png"
+        for p in (img_p, seg_p):
+            if not p.is_file():
+                raise DataError(f"{p}: not found")
+        try:
+            img = Image.open(img_p).convert("RGB").resize((size, size), Image.BILINEAR)
+            seg = Image.open(seg_p).resize((size, size), Image.NEAREST)
+        except OSError as e:
+            raise DataError(f"{img_p.name}/{seg_p.name}: unreadable ({e})") from None
+        xs.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+        ys.append(torch.from_numpy(np.asarray(seg, dtype=np.int64).copy()))
+    return torch.stack(xs).float() / 255.0, torch.stack(ys)

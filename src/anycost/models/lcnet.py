@@ -41,6 +41,43 @@ from .registry import register_model
 from .resnet_cifar import BasicBlock, CifarResNet, conv_macs
 
 
+class TorchvisionBlock(nn.Module):
+    """A torchvision BasicBlock seen through the interface LC-Net uses (same modules, shared weights)."""
+
+    def __init__(self, blk: nn.Module):
+        super().__init__()
+        self.blk = blk
+        self.conv1, self.bn1, self.conv2, self.bn2 = blk.conv1, blk.bn1, blk.conv2, blk.bn2
+        self.planes, self.in_planes, self.stride = blk.conv2.out_channels, blk.conv1.in_channels, blk.conv1.stride[0]
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        return self.blk.downsample(x) if self.blk.downsample is not None else x
+
+    def forward_branch(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+class TorchvisionBackbone(nn.Module):
+    """torchvision ResNet-18/34 (BasicBlock) presented like CifarResNet: stem, blocks, head."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        if not all(hasattr(b, "conv2") and not hasattr(b, "conv3") for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
+                   for b in layer):
+            raise ValueError("LC-Net supports BasicBlock ResNets (resnet18/34), not Bottleneck ones")
+        self.net = net
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self._blocks = [TorchvisionBlock(b) for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
+        self.fc = net.fc
+        self.widths = (net.conv1.out_channels,)
+
+    def blocks(self):
+        return self._blocks
+
+    def forward_head(self, h: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.net.avgpool(h), 1))
+
+
 def _st_gate(logit: Tensor, training: bool, threshold_logit: float = 0.0) -> tuple[Tensor, Tensor]:
     """(hard 0/1 decision with straight-through gradient, keep probability)."""
     p = torch.sigmoid(logit)
@@ -87,11 +124,11 @@ class BlockPredictor(nn.Module):
 class LCResNet(nn.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths=(16, 32, 64),
                  layers: bool = True, channels: bool = True, conditioned: bool = False, target: float = 0.5,
-                 lam: float = 2.0, budget_min: float = 0.2, input_hw: int = 32):
+                 lam: float = 2.0, budget_min: float = 0.2, input_hw: int = 32, backbone: nn.Module | None = None):
         super().__init__()
         if not (layers or channels):
             raise ValueError("enable layer skipping, channel skipping or both")
-        self.backbone = CifarResNet(depth, num_classes, in_chans, widths)
+        self.backbone = backbone if backbone is not None else CifarResNet(depth, num_classes, in_chans, widths)
         self.blocks_list: list[BasicBlock] = self.backbone.blocks()
         self.layers, self.channels, self.conditioned = layers, channels, conditioned
         self.target, self.lam, self.budget_min = target, lam, budget_min
@@ -103,19 +140,34 @@ class LCResNet(nn.Module):
     # ----------------------------------------------------------------- costs
 
     def measure_costs(self) -> None:
+        """Unit costs measured on the live modules, shapes found by running a zero image."""
+        from anycost.cost import count_macs
+
         hw = self.input_hw
-        self.stem_macs = module_macs(self.backbone.stem, (self.in_chans, hw, hw))
-        self.conv1_macs, self.conv2_macs, self.pred_macs, self.in_shapes = [], [], [], []
-        c, h = self.backbone.widths[0], hw
-        for b, p in zip(self.blocks_list, self.predictors):
-            self.in_shapes.append((c, h, h))
-            self.conv1_macs.append(module_macs(b.conv1, (c, h, h)))
-            ho = -(-h // b.stride)
-            self.conv2_macs.append(module_macs(b.conv2, (b.planes, ho, ho)))
-            self.pred_macs.append(module_macs(p, (p.fc1.in_features,)))
-            c, h = b.planes, ho
-        self.head_macs = module_macs(self.backbone.fc, (self.backbone.fc.in_features,))
-        self.full_macs = self.stem_macs + sum(self.conv1_macs) + sum(self.conv2_macs) + self.head_macs
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            x = torch.zeros(1, self.in_chans, hw, hw)
+            self.stem_macs = count_macs(self.backbone.stem, x)
+            h = self.backbone.stem(x)
+            self.conv1_macs, self.conv2_macs, self.pred_macs, self.shortcut_macs = [], [], [], []
+            for b, p in zip(self.blocks_list, self.predictors):
+                self.conv1_macs.append(count_macs(b.conv1, h))
+                mid = F.relu(b.bn1(b.conv1(h)))
+                self.conv2_macs.append(count_macs(b.conv2, mid))
+                self.shortcut_macs.append(count_macs(b.shortcut, h))  # option A: 0; a 1x1 conv in torchvision
+                self.pred_macs.append(module_macs(p, (p.fc1.in_features,)))
+                h = F.relu(b.forward_branch(h) + b.shortcut(h))
+            self.head_macs = count_macs(self.backbone.forward_head, h)
+        self.train(was)
+        self.always_macs = self.stem_macs + self.head_macs + sum(self.shortcut_macs)  # paid by every input
+        self.full_macs = self.always_macs + sum(self.conv1_macs) + sum(self.conv2_macs)
+
+    @classmethod
+    def from_torchvision(cls, net: nn.Module, input_hw: int = 224, **kw) -> "LCResNet":
+        """LC-Net on a torchvision ResNet-18/34 (e.g. ImageNet-pretrained weights you load yourself)."""
+        return cls(num_classes=net.fc.out_features, in_chans=net.conv1.in_channels, input_hw=input_hw,
+                   backbone=TorchvisionBackbone(net), **kw)
 
     def declared_macs(self, input_size) -> int:
         """MACs of ``forward`` in eval mode with every block and channel kept (predictors included)."""
@@ -132,7 +184,7 @@ class LCResNet(nn.Module):
         """Masked (full-compute) forward with hard ST decisions; returns (logits, expected MACs per row)."""
         n = x.shape[0]
         h = self.backbone.stem(x)
-        exp = torch.full((n,), float(self.stem_macs + self.head_macs), device=x.device)
+        exp = torch.full((n,), float(self.always_macs), device=x.device)
         for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
             ll, ls, cl, cs = pred.split(pred(self._pooled(h, budget)))
             exp = exp + self.pred_macs[i]
@@ -205,7 +257,7 @@ class LCResNet(nn.Module):
         thr = torch.logit(torch.tensor(min(max(tau, 1e-6), 1 - 1e-6))).item()
         all_ = bool(op.get("execute_all", False))
         budget = torch.full((n,), float(op.get("budget", self.target)), device=x.device) if self.conditioned else None
-        macs = torch.full((n,), float(self.stem_macs + self.head_macs), dtype=torch.float64, device=x.device)
+        macs = torch.full((n,), float(self.always_macs), dtype=torch.float64, device=x.device)
         h = self.backbone.stem(x)
         skipped = torch.zeros(n, dtype=torch.long, device=x.device)
         for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
