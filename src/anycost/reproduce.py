@@ -35,6 +35,7 @@ class Entry:
     kwargs: dict = field(default_factory=dict)
     init_from: str | None = None
     members: list[str] = field(default_factory=list)  # cascades
+    epochs: int | None = None  # at most this many (heads-only fine-tuning needs fewer); None: the recipe's
 
 
 def _static(names, tag):
@@ -44,10 +45,11 @@ def _static(names, tag):
 SUITES = {
     # our choices for CIFAR-10 with the cpu recipe (see README)
     "cifar10": _static(["resnet8", "resnet14", "resnet20", "resnet32", "resnet56"], "cifar10") + [
-        Entry("ee_resnet20_heads.cifar10", "ee", "early exit", "ee_resnet20", {"mode": "heads"}, "resnet20.cifar10"),
+        Entry("ee_resnet20_heads.cifar10", "ee", "early exit", "ee_resnet20", {"mode": "heads"}, "resnet20.cifar10",
+              epochs=10),
         Entry("ee_resnet20.cifar10", "ee", "early exit", "ee_resnet20"),
-        Entry("select_resnet8_resnet20_resnet56.cifar10", "cascade", "network selection",
-              members=["resnet8.cifar10", "resnet20.cifar10", "resnet56.cifar10"]),
+        Entry("select_resnet8_resnet14_resnet20.cifar10", "cascade", "network selection",
+              members=["resnet8.cifar10", "resnet14.cifar10", "resnet20.cifar10"]),
         Entry("cnmm_d8.cifar10", "cnmm", "cnmm", "cnmm_d8"),
         Entry("lnet_resnet20.cifar10", "lcnet", "lcnet", "lnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
         Entry("cnet_resnet20.cifar10", "lcnet", "lcnet", "cnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
@@ -95,7 +97,8 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
     if e.init_from and init is None:
         raise FileNotFoundError(f"{e.name} starts from {e.init_from}, which is not in the zoo yet")
     run = runs / e.name
-    cfg = replace(base, model=e.model, model_kwargs=dict(e.kwargs), init_from=init, out_dir=str(run))
+    cfg = replace(base, model=e.model, model_kwargs=dict(e.kwargs), init_from=init, out_dir=str(run),
+                  epochs=min(e.epochs or base.epochs, base.epochs))
     say(f"  training {e.name} -> {run}")
     train(cfg, resume=(run / "last.pt").exists(), data=data)
     model, _ = load_model_file(run / "last.pt")

@@ -32,7 +32,7 @@ from anycost.distributed import setup as dist_setup
 from anycost.distributed import teardown as dist_teardown
 from anycost.eval import evaluate_classifier
 from anycost.models import create_model
-from anycost.records import make_record, write_json_atomic
+from anycost.records import git_commit, make_record, write_json_atomic
 
 CKPT_FORMAT = "anycost-train-v1"
 
@@ -211,11 +211,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
             "input_size": list(data.input_size), "classes": data.train.classes,
             "normalization": {"mean": data.mean, "std": data.std}}
 
+    git_at_start = git_commit()  # the code that trained, even if the tree changes mid-run
+
     def write_record(status: str):
         results = {"status": status, "epochs_done": len(history), "history": history, "train_seconds": train_seconds,
                    "final": history[-1] if history else None}
         write_json_atomic(rec_path, make_record("train", config_dict, results, seed=cfg.seed, device=device,
-                                                model=meta, split=data.split_info))
+                                                model=meta, split=data.split_info, git=git_at_start))
 
     total_steps = cfg.epochs * steps_per_epoch
     try:
