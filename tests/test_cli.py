@@ -75,6 +75,19 @@ def test_eval_val_plot_report_roundtrip(cifar_run, cifar_dir, tmp_path, capsys):
     assert "| mean MACs (M) |" in table and "| val |" in table
     assert "| resnet8 | 1 |" in table and "train time (min)" in table  # the training record's row
 
+    # --into rewrites only the marked block of a Markdown page, and names the command
+    page = tmp_path / "README.md"
+    page.write_text("# t\nkeep\n<!-- anycost:results:begin -->\nold\n<!-- anycost:results:end -->\ntail\n")
+    assert main(["report", str(tmp_path / "v.json"), "--into", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# t\nkeep\n<!-- anycost:results:begin -->\n") and text.endswith("<!-- anycost:results:end -->\ntail\n")
+    assert "old" not in text and "| mean MACs (M) |" in text and "anycost report" in text
+    page.write_text("no markers here\n")
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "v.json"), "--into", str(page)]) == 2
+    assert "needs exactly one" in capsys.readouterr().err
+    assert page.read_text() == "no markers here\n"  # untouched
+
 
 def test_bench_static_speedup_is_one(cifar_run, tmp_path, capsys):
     rc = main(["bench", str(cifar_run), "--json", "--batch-size", "16", "--latency-runs", "5", "--batches", "2",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -318,7 +319,15 @@ def cmd_report(a) -> int:
     parts = [train_table(trains)] if trains else []
     parts += [curves_table(curves, frontier_only=a.frontier)] if curves else []
     parts += [bench_table(m, b) for m, b in benches]
-    print("\n\n".join(parts))
+    text = "\n\n".join(parts)
+    if a.into:
+        from anycost.report import replace_section
+
+        cmd = shlex.join(["anycost", "report", *sys.argv[sys.argv.index("report") + 1:]]) if "report" in sys.argv else "anycost report"
+        replace_section(a.into, a.section, f"_Generated from records by `{cmd}`._\n\n{text}")
+        print(f"wrote section '{a.section}' of {a.into}")
+    else:
+        print(text)
     return 0
 
 
@@ -476,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "measurement splits) and benchmarks in the given records as Markdown tables.")
     r.add_argument("records", nargs="+", help="train, eval, calibrate, bench, demo or reproduce record files")
     r.add_argument("--frontier", action="store_true", help="only each curve's Pareto points")
+    r.add_argument("--into", metavar="FILE", help="write the tables, and this command, between the "
+                   "'<!-- anycost:SECTION:begin -->' and ':end -->' markers of a Markdown file (e.g. README.md)")
+    r.add_argument("--section", default="results", help="marker name for --into (default: results)")
     r.set_defaults(func=cmd_report)
 
     rp = sub.add_parser("reproduce", help="train or reuse every family, calibrate, measure, plot: the whole comparison",

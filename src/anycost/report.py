@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 from anycost.eval import TradeoffCurve
 
 
@@ -46,3 +50,27 @@ def train_table(records: list[dict]) -> str:
                      f"{fin.get('val_top5', float('nan')):.2f} | {r['results']['train_seconds'] / 60:.1f} | "
                      f"{secs[len(secs) // 2]:.0f} | {ips[len(ips) // 2]:.0f} | {hw['cpu']}, {hw['torch_threads']} threads |")
     return "\n".join(lines)
+
+
+def section_markers(section: str) -> tuple[str, str]:
+    return f"<!-- anycost:{section}:begin -->", f"<!-- anycost:{section}:end -->"
+
+
+def replace_section(path: str | os.PathLike, section: str, body: str) -> None:
+    """Rewrite the block between ``<!-- anycost:SECTION:begin -->`` and ``...:end -->`` of a
+    Markdown file (e.g. the README's results) with ``body``, atomically. The markers must
+    exist once each, in order: a results page is never appended to by surprise."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", section):
+        raise ValueError(f"section name '{section}': use letters, digits, '.', '_' or '-'")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file to write the '{section}' section into")
+    text = path.read_text()
+    begin, end = section_markers(section)
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{path}: needs exactly one '{begin}' followed by one '{end}'")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{head}{begin}\n{body.strip()}\n{end}{tail}")
+    os.replace(tmp, path)
