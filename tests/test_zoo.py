@@ -5,7 +5,7 @@ from anycost.checkpoint import CheckpointError
 from anycost.cost import module_macs
 from anycost.models import create_model
 from anycost.train import TrainConfig, train
-from anycost.zoo import export_to_zoo, load_model_file, read_index, zoo_dir
+from anycost.zoo import export_to_zoo, load_cascade, load_model_file, read_index, zoo_dir
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,14 @@ def test_committed_zoo_entries(name):
     """Every committed checkpoint loads by name, is at most 2 MB for CIFAR ResNets, and its
     declared MACs match the live model."""
     entry = read_index()[name]
+    if entry["family"] == "selection":  # a JSON spec naming zoo members, plus operating points
+        path = zoo_dir() / f"{name}.json"
+        assert path.stat().st_size == entry["size_bytes"]
+        casc, meta = load_cascade(path)
+        assert meta["operating_points"] and all(m in read_index() for m in meta["members"])
+        out = casc(torch.randn(2, *meta["input_size"]))
+        assert out.shape == (2, meta["num_classes"]) and torch.isfinite(out).all()
+        return
     path = zoo_dir() / f"{name}.pt"
     assert path.stat().st_size == entry["size_bytes"]
     if entry["family"] == "resnet":
