@@ -323,7 +323,8 @@ def cmd_report(a) -> int:
     if a.into:
         from anycost.report import replace_section
 
-        cmd = shlex.join(["anycost", "report", *sys.argv[sys.argv.index("report") + 1:]]) if "report" in sys.argv else "anycost report"
+        cmd = shlex.join(["anycost", "report", *a.records, *(["--frontier"] if a.frontier else []),
+                          "--into", a.into, "--section", a.section])
         replace_section(a.into, a.section, f"_Generated from records by `{cmd}`._\n\n{text}")
         print(f"wrote section '{a.section}' of {a.into}")
     else:

@@ -17,20 +17,23 @@ import torch
 RECORD_FORMAT = "anycost-record-v1"
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=_json_default)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
 
 
 def _json_default(o):
@@ -83,7 +86,9 @@ def hardware_info(device: str | torch.device = "cpu") -> dict:
     return info
 
 
-def make_record(kind: str, config: dict, results: dict, *, seed: int | None = None, device="cpu", **extra) -> dict:
+def make_record(kind: str, config: dict, results: dict, *, seed: int | None = None, device="cpu",
+                git: dict | None = None, **extra) -> dict:
+    """``git``: the commit to record (default: the tree's now; a long run passes the one it started from)."""
     from anycost import __version__
 
     rec = {
@@ -91,7 +96,7 @@ def make_record(kind: str, config: dict, results: dict, *, seed: int | None = No
         "kind": kind,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "anycost_version": __version__,
-        "git": git_commit(),
+        "git": git if git is not None else git_commit(),
         "seed": seed,
         "hardware": hardware_info(device),
         "config": config,

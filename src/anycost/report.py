@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from anycost.eval import TradeoffCurve
+from anycost.records import write_text_atomic
 
 
 def curves_table(curves: list[TradeoffCurve], frontier_only: bool = False) -> str:
@@ -71,6 +72,4 @@ def replace_section(path: str | os.PathLike, section: str, body: str) -> None:
         raise ValueError(f"{path}: needs exactly one '{begin}' followed by one '{end}'")
     head, rest = text.split(begin)
     _, tail = rest.split(end)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{head}{begin}\n{body.strip()}\n{end}{tail}")
-    os.replace(tmp, path)
+    write_text_atomic(path, f"{head}{begin}\n{body.strip()}\n{end}{tail}")
