@@ -120,6 +120,43 @@ def test_two_stage_training_leaves_the_backbone_intact(tmp_path, digits):
     assert any(not torch.equal(heads_before[k], v) for k, v in m.heads.state_dict().items())
 
 
+def test_exit_placement_by_block_index():
+    from anycost.models.early_exit import _exit_positions
+
+    assert _exit_positions("stage+1+3", 3, 3) == [1, 2, 3, 5]  # resnet20: 9 blocks
+    assert _exit_positions("every2", 3, 3) == [1, 3, 5, 7]
+    with pytest.raises(ValueError, match="numbered"):
+        _exit_positions("8", 3, 3)  # block 8 feeds the final exit
+    with pytest.raises(ValueError, match="unknown exit placement"):
+        _exit_positions("stages", 3, 3)
+
+
+def test_self_distillation_trains_early_exits_only():
+    """The distillation term's gradient reaches the early heads, never the last exit's
+    classifier (the teacher is detached); with distill=0 the loss is plain weighted CE."""
+    torch.manual_seed(0)
+    m = create_model("test_ee_resnet", num_classes=10, in_chans=1, distill=1.0)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    outs = m.forward_all(x)
+    # distill=1: early exits see only the KL term, so the last exit's fc gets gradient
+    # from its own CE alone, equal to that of a loss where early exits are cut off
+    loss = m._weighted_loss(outs, y, torch.nn.functional.cross_entropy)
+    g_fc = torch.autograd.grad(loss, m.backbone.fc.weight, retain_graph=True)[0]
+    only_last = m.exit_weights[-1] * torch.nn.functional.cross_entropy(outs[-1], y) / sum(m.exit_weights)
+    g_ref = torch.autograd.grad(only_last, m.backbone.fc.weight, retain_graph=True)[0]
+    assert torch.allclose(g_fc, g_ref, atol=1e-6)
+    g_head = torch.autograd.grad(loss, m.heads[0].fc.weight)[0]
+    assert g_head.abs().sum() > 0
+    plain = create_model("test_ee_resnet", num_classes=10, in_chans=1)
+    plain.load_state_dict(m.state_dict())
+    p_outs = plain.forward_all(x)
+    ce = sum(w * torch.nn.functional.cross_entropy(o, y) for w, o in zip(plain.exit_weights, p_outs)) / sum(plain.exit_weights)
+    assert torch.allclose(plain._weighted_loss(p_outs, y, torch.nn.functional.cross_entropy), ce)
+    assert not torch.allclose(loss.detach(), ce.detach())
+    with pytest.raises(ValueError, match="distill"):
+        create_model("test_ee_resnet", num_classes=10, in_chans=1, distill=1.5)
+
+
 @pytest.fixture(scope="module")
 def cascade(tmp_path_factory, digits):
     nets = []

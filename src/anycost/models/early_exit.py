@@ -1,16 +1,19 @@
 """Multi-exit CIFAR ResNets (Bolukbasi et al., ICML 2017, scheme (a): adaptive early exit).
 
 Our design where the paper's abstract is silent:
-* exits after each stage (``exits="stage"``), every k blocks (``exits="every2"``), or both
-  (``"stage+every2"``); the backbone's own pooling + linear layer is the last exit;
+* exits after each stage (``exits="stage"``), every k blocks (``exits="every2"``), after
+  named block indices (``"1+3"``), or any union (``"stage+1+3"``); the backbone's own
+  pooling + linear layer is the last exit;
 * an exit head is conv3x3 (stride 2 while the map is 16x16 or larger) -> BN -> ReLU ->
   global average pooling -> linear: a few percent of the backbone's MACs each;
 * ``infer(x, op)`` really exits: after each exit the policy decides, the inputs that stop
   leave the batch (``BatchRouter``), and only the rest run on. Per-input MACs are the
   blocks and heads an input went through plus its policy decisions, each unit's cost
   measured once from the live module with FlopCounterMode;
-* training: ``mode="joint"`` (weighted multi-exit cross-entropy, later exits weigh more)
-  or ``mode="heads"``: the paper's "leave the base network intact" two-stage setting, where
+* training: ``mode="joint"`` (weighted multi-exit cross-entropy, later exits weigh more;
+  optionally ``distill=alpha``: each intermediate exit also matches the last exit's
+  softened, detached prediction, a self-distillation that lifts early exits without
+  pulling the last exit towards them) or ``mode="heads"``: the paper's "leave the base network intact" two-stage setting, where
   the backbone, its BatchNorm statistics included, is frozen and only the heads learn.
 """
 
@@ -52,8 +55,13 @@ def _exit_positions(spec: str, blocks_per_stage: int, n_stages: int) -> list[int
         elif part.startswith("every"):
             k = int(part[5:])
             pos |= set(range(k - 1, total - 1, k))
+        elif part.isdigit():
+            if int(part) >= total - 1:
+                raise ValueError(f"exit after block {part}: blocks are numbered 0..{total - 2} "
+                                 f"(the last block feeds the final exit)")
+            pos.add(int(part))
         elif part:
-            raise ValueError(f"unknown exit placement '{part}' (stage, everyK, or both joined by '+')")
+            raise ValueError(f"unknown exit placement '{part}' (stage, everyK, a block index, joined by '+')")
     return sorted(p for p in pos if p < total - 1)
 
 
@@ -70,8 +78,16 @@ class _MultiExitBase(nn.Module):
         return op, BatchRouter(n, x.device), logits, macs, path
 
     def _weighted_loss(self, outs: list[Tensor], y: Tensor, criterion) -> Tensor:
+        losses = [criterion(o, y) for o in outs]
+        alpha, t = getattr(self, "distill", 0.0), getattr(self, "distill_temp", 1.0)
+        if alpha > 0:
+            # the teacher is detached: distillation trains the early exits only
+            teacher = F.softmax(outs[-1].detach().float() / t, dim=1)  # (B, classes)
+            for i, o in enumerate(outs[:-1]):
+                kd = F.kl_div(F.log_softmax(o.float() / t, dim=1), teacher, reduction="batchmean") * t * t
+                losses[i] = (1 - alpha) * losses[i] + alpha * kd
         w = self.exit_weights
-        return sum(wi * criterion(o, y) for wi, o in zip(w, outs)) / sum(w)
+        return sum(wi * li for wi, li in zip(w, losses)) / sum(w)
 
     def set_mode(self, mode: str) -> None:
         if mode not in ("joint", "heads"):
@@ -106,8 +122,11 @@ class _MultiExitBase(nn.Module):
 class MultiExitResNet(_MultiExitBase):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths=(16, 32, 64),
                  exits: str = "stage", exit_weights: list[float] | None = None, mode: str = "joint",
-                 input_hw: int = 32):
+                 input_hw: int = 32, distill: float = 0.0, distill_temp: float = 3.0):
         super().__init__()
+        if not 0.0 <= distill <= 1.0 or distill_temp <= 0:
+            raise ValueError(f"distill must lie in [0, 1] and distill_temp be > 0, got {distill}, {distill_temp}")
+        self.distill, self.distill_temp = float(distill), float(distill_temp)
         self.backbone = CifarResNet(depth, num_classes, in_chans, widths)
         blocks = self.backbone.blocks()
         self.blocks_list = blocks
