@@ -126,3 +126,8 @@ def test_zoo_resnet20_eval_on_test_only_folder_and_bench(cifar_test_only, capsys
                  "--warmup", "1", "--record", str(cifar_test_only.parent / "b.json")]) == 0
     text = capsys.readouterr().out
     assert "batch-1 p50 (ms)" in text and "| full | 40.551 | 1.00x |" in text
+
+
+def test_report_summary_options_need_summary(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "x.json"), "--reference", "resnet20"]) == 2
+    assert "belong to --summary" in capsys.readouterr().err

@@ -108,3 +108,24 @@ def test_curve_json_roundtrip():
     c.family = "f"
     d = TradeoffCurve.from_dict(c.to_dict())
     assert d.macs == c.macs and d.family == "f" and d.points[0].operating_point.name == "p0"
+
+
+def test_summary_table_picks_cheapest_point_within_each_loss():
+    from anycost.report import summary_table
+
+    def pt(acc, macs):
+        return CurvePoint(OperatingPoint(f"p{macs}", {}), acc, macs * 1e6)
+
+    dyn = TradeoffCurve("dyn", [pt(90.0, 40), pt(89.6, 20), pt(89.2, 10), pt(80.0, 5)])
+    static = TradeoffCurve("big", [pt(90.4, 50)], static=True)
+    oracle = TradeoffCurve("oracle", [pt(99.0, 3)])
+    own = summary_table([static, dyn, oracle])
+    (row,) = [r for r in own.splitlines() if r.startswith("| dyn")]
+    # own full cost: 90.0 @ 40M; <= 0.5 pt -> 89.6 @ 20M (2x); <= 1 pt -> 89.2 @ 10M (4x)
+    assert row == "| dyn | 90.00 | 40.00 | 89.60 | 20.00 | 2.00x | 89.20 | 10.00 | 4.00x |"
+    assert "| big" not in own and "| oracle" not in own  # single points: nothing to choose
+    vs = summary_table([static, dyn], reference="big", losses=(0.5, 0.1))
+    (row,) = [r for r in vs.splitlines() if r.startswith("| dyn")]
+    assert row == "| dyn | 90.40 | 50.00 | 90.00 | 40.00 | 1.25x | none | - | - |"
+    with pytest.raises(ValueError, match="no curve named"):
+        summary_table([dyn], reference="missing")

@@ -24,6 +24,40 @@ def curves_table(curves: list[TradeoffCurve], frontier_only: bool = False) -> st
     return "\n".join(lines)
 
 
+def summary_table(curves: list[TradeoffCurve], reference: str | None = None, losses=(0.5, 1.0)) -> str:
+    """The short answer per dynamic curve: its cheapest point within each accuracy loss of
+    a reference, and the MAC reduction there. The reference is each curve's own most
+    expensive point (its full cost) or, given ``reference``, the most expensive point of
+    the curve with that method name (e.g. the static backbone). Points are picked on the
+    numbers the curve was measured on; single-point curves (static models, the oracle)
+    have nothing to pick and are left out."""
+    ref_curve = None
+    if reference is not None:
+        match = [c for c in curves if c.method == reference]
+        if not match:
+            raise ValueError(f"no curve named '{reference}' in the records; have: {', '.join(c.method for c in curves)}")
+        ref_curve = match[0]
+    who = f"`{reference}`" if reference else "its own full cost"
+    head = " | ".join(f"<= {d:g} pt: top-1 (%) | MACs (M) | reduction" for d in losses)
+    lines = [f"Cheapest point within each accuracy loss of {who} (measured on each curve's measurement split)", "",
+             f"| method | reference top-1 (%) | reference MACs (M) | {head} |",
+             "|---|---:|---:|" + "---:|---:|---:|" * len(losses)]
+    for c in curves:
+        if c is ref_curve or len(c.points) < 2:
+            continue
+        ref = max((ref_curve or c).points, key=lambda p: p.macs_mean)
+        cells = []
+        for d in losses:
+            ok = [p for p in c.points if p.accuracy >= ref.accuracy - d - 1e-9]
+            if ok:
+                b = min(ok, key=lambda p: p.macs_mean)
+                cells.append(f"{b.accuracy:.2f} | {b.macs_mean / 1e6:.2f} | {ref.macs_mean / b.macs_mean:.2f}x")
+            else:
+                cells.append("none | - | -")
+        lines.append(f"| {c.method} | {ref.accuracy:.2f} | {ref.macs_mean / 1e6:.2f} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def bench_table(method: str, b: dict) -> str:
     lines = [f"Wall-clock, {method} ({b['device']}, {b['threads']} threads)", "",
              "| operating point | MACs (M) | MAC reduction | batch-1 p50 (ms) | p95 (ms) | speed-up b1 | "
