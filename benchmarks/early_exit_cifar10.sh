@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Early exit and network selection on CIFAR-10 (issue 4). Needs the static zoo models
-# (benchmarks/static_cifar10.sh). Trains the two-stage multi-exit ResNet-20 first (heads
-# only, on the frozen zoo resnet20; the `cpu` recipe shortened to EE_EPOCHS epochs; resumable).
+# (benchmarks/static_cifar10.sh). Trains (resumable, ~1 h each when not done yet) a two-stage
+# multi-exit ResNet-20 (heads only, on the frozen zoo resnet20) and a jointly trained one.
 # Policies are chosen on `calib` (first half of val) and measured on `holdout` (second half).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,17 +9,26 @@ DATA=${DATA:-../shared/data}
 R=benchmarks/records
 mkdir -p $R/calibrate $R/eval $R/bench $R/train
 
-run=runs/cifar10-cpu/ee_resnet20_heads
+# train (resumable), choose operating points on calib, export to the zoo, measure on holdout
+ee_model() {  # run-dir zoo-name label train-args...
+  local run=$1 name=$2 label=$3; shift 3
+  local flag=""; [ -f $run/last.pt ] && flag=--resume
+  anycost train ee_resnet20 --recipe cpu --data-dir "$DATA" --out $run $flag "$@"
+  cp $run/record.json $R/train/$name.json
+  anycost calibrate $run --data-dir "$DATA" --name "$label" --export $name --record $R/calibrate/$name.json
+  anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
+  anycost bench $name --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
+}
+
+# two-stage: heads only, on the frozen zoo resnet20 (the recipe shortened to EE_EPOCHS epochs)
 if [ -f src/anycost/zoo/resnet20.cifar10.pt ]; then
-  flag=""; [ -f $run/last.pt ] && flag=--resume
-  anycost train ee_resnet20 --recipe cpu --data-dir "$DATA" --epochs ${EE_EPOCHS:-10} --init-from resnet20.cifar10 \
-    --set 'model_kwargs={"mode": "heads"}' --out $run $flag
-  cp $run/record.json $R/train/ee_resnet20_heads.cifar10.json
-  anycost calibrate $run --data-dir "$DATA" --name "ee_resnet20 (two-stage)" \
-    --export ee_resnet20_heads.cifar10 --record $R/calibrate/ee_resnet20_heads.cifar10.json
-  anycost eval ee_resnet20_heads.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/ee_resnet20_heads.cifar10-holdout.json
-  anycost bench ee_resnet20_heads.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/ee_resnet20_heads.cifar10.json
+  ee_model runs/cifar10-cpu/ee_resnet20_heads ee_resnet20_heads.cifar10 "ee_resnet20 (two-stage)" \
+    --epochs ${EE_EPOCHS:-10} --init-from resnet20.cifar10 --set 'model_kwargs={"mode": "heads"}'
 fi
+# jointly trained from scratch, the full recipe: exits after blocks 1, 2, 3 and 5 of 9, and
+# self-distillation of the early exits from the last one
+ee_model runs/cifar10-cpu/ee_resnet20 ee_resnet20.cifar10 "ee_resnet20 (joint)" \
+  --set 'model_kwargs={"mode": "joint", "exits": "stage+1+3", "distill": 0.5, "distill_temp": 3.0}'
 
 # network selection over the static zoo ResNets that exist, cheapest first
 members=()

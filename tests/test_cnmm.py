@@ -196,3 +196,38 @@ def test_voc_layout_loader(tmp_path):
     (tmp_path / "SegmentationClass" / f"{ids[0]}.png").unlink()
     with pytest.raises(DataError, match="2007_000001.png: not found"):
         load_voc_segmentation(tmp_path, "train")
+
+
+def test_calibrate_cli_exports_pruned_points_that_eval_reproduces(tmp_path, capsys):
+    """`anycost calibrate RUN` on a CNMM: every mechanism at many budgets, with and without BN
+    re-estimation, exported to the zoo; `anycost eval` of the export gives the same curve."""
+    import json
+
+    from anycost.cli import main
+
+    run, zoo = tmp_path / "run", tmp_path / "zoo"
+    assert main(["train", "test_cnmm", "--recipe", "demo", "--dataset", "digits", "--epochs", "2", "--out", str(run),
+                 "--set", 'model_kwargs={"widths": [8, 16, 32]}', "--no-progress"]) == 0
+    assert main(["calibrate", str(run), "--export", "cnmm.digits", "--zoo-dir", str(zoo),
+                 "--record", str(tmp_path / "cal.json")]) == 0
+    rec = json.loads((tmp_path / "cal.json").read_text())
+    methods = {c["method"].split(": ")[-1] for c in rec["results"]["curves"]}
+    assert methods >= {"edges", "channels", "both", "edges+bn", "channels+bn", "both+bn"}
+    assert {c["measured_on"] for c in rec["results"]["curves"]} == {"holdout"}
+    capsys.readouterr()
+    assert main(["eval", str(zoo / "cnmm.digits.pt"), "--split", "holdout", "--json", "--no-record"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    recorded = {p["operating_point"]["name"]: p for c in rec["results"]["curves"] for p in c["points"]}
+    assert len(ev["points"]) == len(recorded) >= 20
+    diffs = []
+    for p in ev["points"]:  # the zoo stores fp16 weights: an image or two of 180 may flip
+        diffs.append(abs(p["accuracy"] - recorded[p["operating_point"]["name"]]["accuracy"]))
+        assert p["macs_mean"] == recorded[p["operating_point"]["name"]]["macs_mean"]
+    assert max(diffs) <= 1.2 and sum(diffs) / len(diffs) < 0.3
+    # one budget: only points within it; an impossible one is refused
+    m = create_model("test_cnmm", num_classes=10, in_chans=1, widths=(8, 16, 32))
+    assert main(["calibrate", str(run), "--budget", str(m.full_macs() * 0.5), "--record", str(tmp_path / "b.json")]) == 0
+    pts = [p for c in json.loads((tmp_path / "b.json").read_text())["results"]["curves"] for p in c["points"]]
+    assert pts and all(p["macs_mean"] <= m.full_macs() * 0.5 for p in pts)
+    assert main(["calibrate", str(run), "--budget", "10", "--record", str(tmp_path / "c.json")]) == 2
+    assert "no pruning mechanism reaches" in capsys.readouterr().err

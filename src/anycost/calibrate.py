@@ -2,6 +2,10 @@
 policies on the calibration split, measure them on another split (vectorised, on the
 cached outputs: the tests check that real routed execution makes the same decisions).
 
+For a CNMM, :func:`calibrate_pruning` does the same job for its pruned networks: the
+operating points come from the model's own parameters (mixing probabilities, BN scales),
+so no split chooses them; only BatchNorm re-estimation reads training images.
+
 The result holds one curve per policy family (thresholds per metric, learned policy,
 fixed exits, oracle) and a short list of operating points to ship with the model, so that
 ``anycost eval`` re-measures them with real execution on any split.
@@ -62,3 +66,27 @@ def calibrate_budget(cal: ExitCache, budget: float, policy: str = "threshold", m
         c = calibrate_to_budget(curve, budget)
         return {"reachable": c.reachable, "point": c.point, "message": c.message}
     raise ValueError(f"budget calibration supports threshold or learned policies, not '{policy}'")
+
+
+def calibrate_pruning(model, data: SplitData, split: str, *, name: str = "cnmm", batch_size: int = 500, device="cpu",
+                      mean=None, std=None, bn_batches: int = 20, fractions=None, mechanisms=None) -> dict:
+    """CNMM operating points: for each pruning mechanism and budget (a fraction of the full
+    MACs), the pruned network with and without BN statistics re-estimated on ``bn_batches``
+    un-augmented training batches; one curve per mechanism, measured on ``split``."""
+    from anycost.eval import evaluate_curve
+    from anycost.models.cnmm import pruning_operating_points
+
+    kw = {k: v for k, v in (("fractions", fractions), ("mechanisms", mechanisms)) if v is not None}
+    mean, std = mean or data.mean, std or data.std
+    bn_loader = BatchLoader(data.train, 256, mean, std, device=device)
+    res = pruning_operating_points(model, bn_loader=bn_loader, bn_batches=bn_batches, **kw)
+    curves = []
+    for mech, ops in res["ops"].items():
+        with torch.inference_mode():
+            c = evaluate_curve(model, data.get(split), mean, std, ops, batch_size=batch_size, device=device,
+                               method=f"{name}: {mech}", measured_on=split,
+                               calibrated_on="train (BN statistics)" if mech.endswith("+bn") else None)
+        c.family = "cnmm"
+        curves.append(c)
+    ship = [o for ops in res["ops"].values() for o in ops]
+    return {"curves": curves, "operating_points": ship, "unreachable": res["unreachable"]}

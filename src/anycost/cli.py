@@ -235,7 +235,7 @@ def cmd_calibrate(a) -> int:
     from anycost.records import make_record, write_json_atomic
     from anycost.report import curves_table
     from anycost.selection import Cascade
-    from anycost.zoo import export_cascade, export_to_zoo, resolve_model, set_operating_points
+    from anycost.zoo import resolve_model
 
     if a.cascade:
         members = [resolve_model(m) for m in a.cascade]
@@ -249,13 +249,15 @@ def cmd_calibrate(a) -> int:
         if not a.model:
             raise UserError("give a multi-exit MODEL or --cascade M1 M2 ...")
         model, meta = resolve_model(a.model)
-        if not hasattr(model, "cache_outputs"):
-            raise UserError(f"{a.model} is a static model: calibrate needs a multi-exit model or --cascade")
+        if not hasattr(model, "cache_outputs") and not hasattr(model, "prune_spec"):
+            raise UserError(f"{a.model} is a static model: calibrate needs a multi-exit model, a CNMM or --cascade")
         name = a.name or _model_name(a.model, meta)
     model.to(a.device)
     sp = meta.get("split") or {}
     data = load_dataset(a.dataset or meta.get("dataset") or "digits", a.data_dir, sp.get("val_size"), sp.get("split_seed") or 0)
     norm = meta["normalization"]
+    if hasattr(model, "prune_spec"):  # a CNMM: pruned networks, chosen from its own parameters
+        return _calibrate_cnmm(a, model, data, norm, name)
     if a.calib_split == a.split:
         raise UserError("--calib-split and --split must differ: choosing and measuring on the same images is optimistic")
     cal = cache_split(model, data, a.calib_split, a.batch_size, a.device, norm["mean"], norm["std"])
@@ -278,17 +280,57 @@ def cmd_calibrate(a) -> int:
                       device=a.device)
     rec_path = a.record or f"runs/calibrate/{name}.json"
     write_json_atomic(rec_path, rec)
+    _export_operating_points(a, model, meta, ops)
+    if budget is None:
+        print(curves_table(curves, frontier_only=True))
+    print(f"\nchosen on: {a.calib_split}; measured on: {a.split}; record: {rec_path}")
+    return 0
+
+
+def _export_operating_points(a, model, meta, ops, calibrated_on=None) -> None:
+    from anycost.zoo import export_cascade, export_to_zoo, set_operating_points
+
+    calibrated_on = calibrated_on or a.calib_split
     if a.export:
         if a.cascade:
             out = export_cascade(a.export, list(a.cascade), ops, a.calib_split, model.net_macs, meta.get("dataset"), a.zoo_dir)
         elif Path(a.model).is_dir():
-            out = export_to_zoo(a.model, a.export, a.zoo_dir, extra_meta={"operating_points": ops, "calibrated_on": a.calib_split})
+            out = export_to_zoo(a.model, a.export, a.zoo_dir, extra_meta={"operating_points": ops, "calibrated_on": calibrated_on})
         else:
-            out = set_operating_points(a.export, ops, a.calib_split, a.zoo_dir)
+            out = set_operating_points(a.export, ops, calibrated_on, a.zoo_dir)
         print(f"exported {len(ops)} operating points with the model: {out}")
-    if budget is None:
-        print(curves_table(curves, frontier_only=True))
-    print(f"\nchosen on: {a.calib_split}; measured on: {a.split}; record: {rec_path}")
+
+
+def _calibrate_cnmm(a, model, data, norm, name) -> int:
+    """CNMM: every pruning mechanism at a range of budgets (or at --budget), with and
+    without BN re-estimation on training batches; measured on --split."""
+    from anycost.calibrate import calibrate_pruning
+    from anycost.records import make_record, write_json_atomic
+    from anycost.report import curves_table
+
+    fractions = None
+    if a.budget is not None:
+        full = model.full_macs()
+        if not 0 < a.budget <= full:
+            raise UserError(f"--budget {a.budget / 1e6:.3f} M MACs: give a budget above 0 and at most the full "
+                            f"model's {full / 1e6:.3f} M")
+        fractions = (a.budget / full,)
+    res = calibrate_pruning(model, data, a.split, name=name, batch_size=a.batch_size, device=a.device,
+                            mean=norm["mean"], std=norm["std"], fractions=fractions)
+    ops = [o.to_dict() for o in res["operating_points"]]
+    if not ops:
+        raise UserError(f"no pruning mechanism reaches {a.budget / 1e6:.3f} M MACs")
+    rec = make_record("calibrate", {"model": a.model, "split": a.split, "budget": a.budget, "kind": "cnmm pruning"},
+                      {"curves": [c.to_dict() for c in res["curves"]], "operating_points": ops,
+                       "unreachable": res["unreachable"]}, device=a.device)
+    rec_path = a.record or f"runs/calibrate/{name}.json"
+    write_json_atomic(rec_path, rec)
+    _export_operating_points(a, model, None, ops, calibrated_on="train (BN statistics)")
+    print(curves_table(res["curves"]))
+    for u in res["unreachable"]:
+        print(f"unreachable: {u['mechanism']} at {u['fraction']:.0%} of the full MACs")
+    print(f"\nno split chose these points (they follow from the model's own parameters); measured on: {a.split}; "
+          f"record: {rec_path}")
     return 0
 
 
@@ -462,8 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "calibration split, build threshold (max-prob, entropy, margin), learned (Bolukbasi et al.'s "
                        "weighted binary reduction, swept over lambda) and oracle policies there, and measure them "
                        "on --split. --budget picks one operating point for a mean-MAC budget and says whether it "
-                       "is reachable. --export stores the chosen operating points with the model in the zoo.")
-    c.add_argument("model", nargs="?", help="multi-exit model: zoo name, .pt or run folder")
+                       "is reachable. --export stores the chosen operating points with the model in the zoo. "
+                       "For a CNMM: every pruning mechanism (edges, channels, both; with and without BN "
+                       "re-estimation on training batches) at a range of budgets, or at --budget, measured on --split.")
+    c.add_argument("model", nargs="?", help="multi-exit model or CNMM: zoo name, .pt or run folder")
     c.add_argument("--cascade", nargs="+", metavar="MODEL", help="network selection over these classifiers, cheapest first")
     c.add_argument("--data-dir")
     c.add_argument("--dataset", help="override the dataset recorded with the model")

@@ -47,10 +47,11 @@ SUITES = {
     "cifar10": _static(["resnet8", "resnet14", "resnet20", "resnet32", "resnet56"], "cifar10") + [
         Entry("ee_resnet20_heads.cifar10", "ee", "early exit", "ee_resnet20", {"mode": "heads"}, "resnet20.cifar10",
               epochs=10),
-        Entry("ee_resnet20.cifar10", "ee", "early exit", "ee_resnet20"),
+        Entry("ee_resnet20.cifar10", "ee", "early exit", "ee_resnet20",
+              {"mode": "joint", "exits": "stage+1+3", "distill": 0.5, "distill_temp": 3.0}),
         Entry("select_resnet8_resnet14_resnet20.cifar10", "cascade", "network selection",
               members=["resnet8.cifar10", "resnet14.cifar10", "resnet20.cifar10"]),
-        Entry("cnmm_d8.cifar10", "cnmm", "cnmm", "cnmm_d8"),
+        Entry("cnmm_d8.cifar10", "cnmm", "cnmm", "cnmm_d8", {"cost_weight": 0.1, "slim_l1": 0.1}),
         Entry("lnet_resnet20.cifar10", "lcnet", "lcnet", "lnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
         Entry("cnet_resnet20.cifar10", "lcnet", "lcnet", "cnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
         Entry("lcnet_resnet20.cifar10", "lcnet", "lcnet", "lcnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# CNMM on CIFAR-10 (issue 5): train cnmm_d8 once with the `cpu` recipe (resumable; ~1.5 h on
+# 2 cores), prune it with every mechanism at budgets from 100 % down to 15 % of its MACs, with
+# and without BN re-estimation on training batches, measure on holdout, export to the zoo,
+# time the exported static networks, and draw it against the static and early-exit curves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+R=benchmarks/records
+mkdir -p $R/calibrate $R/eval $R/bench $R/train
+
+run=runs/cifar10-cpu/cnmm_d8
+flag=""; [ -f $run/last.pt ] && flag=--resume
+anycost train cnmm_d8 --recipe cpu --data-dir "$DATA" --out $run $flag \
+  --set 'model_kwargs={"cost_weight": 0.1, "slim_l1": 0.1}'
+cp $run/record.json $R/train/cnmm_d8.cifar10.json
+anycost calibrate $run --data-dir "$DATA" --name cnmm_d8 --split holdout --export cnmm_d8.cifar10 \
+  --record $R/calibrate/cnmm_d8.cifar10.json
+anycost bench cnmm_d8.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/cnmm_d8.cifar10.json
+
+static=$(ls $R/eval/resnet*.cifar10-holdout.json)
+others=$(ls $R/calibrate/ee_*.json $R/calibrate/select_*.json 2>/dev/null || true)
+anycost plot $static $others $R/calibrate/cnmm_d8.cifar10.json -o benchmarks/cnmm_cifar10.png \
+  --title "CIFAR-10: one CNMM pruned to many budgets vs static ResNets and early exit (holdout)"
+{
+  anycost report $static $R/calibrate/cnmm_d8.cifar10.json --summary
+  echo
+  anycost report $static $R/calibrate/cnmm_d8.cifar10.json $R/bench/cnmm_d8.cifar10.json
+} > benchmarks/cnmm_cifar10.md
