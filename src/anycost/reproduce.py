@@ -52,10 +52,14 @@ SUITES = {
         Entry("select_resnet8_resnet14_resnet20.cifar10", "cascade", "network selection",
               members=["resnet8.cifar10", "resnet14.cifar10", "resnet20.cifar10"]),
         Entry("cnmm_d8.cifar10", "cnmm", "cnmm", "cnmm_d8", {"cost_weight": 0.1, "slim_l1": 0.1}),
-        Entry("lnet_resnet20.cifar10", "lcnet", "lcnet", "lnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
-        Entry("cnet_resnet20.cifar10", "lcnet", "lcnet", "cnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
-        Entry("lcnet_resnet20.cifar10", "lcnet", "lcnet", "lcnet_resnet20", {"target": 0.5}, "resnet20.cifar10"),
-        Entry("lcnet_cond_resnet20.cifar10", "lcnet", "lcnet", "lcnet_cond_resnet20", {}, "resnet20.cifar10"),
+        Entry("lnet_resnet20.cifar10", "lcnet", "lcnet", "lnet_resnet20", {"target": 0.5}, "resnet20.cifar10",
+              epochs=10),
+        Entry("cnet_resnet20.cifar10", "lcnet", "lcnet", "cnet_resnet20", {"target": 0.5}, "resnet20.cifar10",
+              epochs=10),
+        Entry("lcnet_resnet20.cifar10", "lcnet", "lcnet", "lcnet_resnet20", {"target": 0.5}, "resnet20.cifar10",
+              epochs=10),
+        Entry("lcnet_cond_resnet20.cifar10", "lcnet", "lcnet", "lcnet_cond_resnet20", {}, "resnet20.cifar10",
+              epochs=10),
     ],
     # a miniature of the same pipeline on the embedded digits (tests, offline trials)
     "digits": [

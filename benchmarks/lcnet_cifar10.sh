@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# LC-Net on CIFAR-10 (issue 6): L-Net, C-Net, LC-Net (target 50 % of the MACs) and the
+# budget-conditioned LC-Net, each fine-tuned for LC_EPOCHS epochs (default 10) of the `cpu`
+# recipe from the zoo resnet20 (resumable), exported with their threshold / budget operating
+# points, measured on holdout, timed at batch 1 and 256, and drawn against every other family.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+R=benchmarks/records
+mkdir -p $R/eval $R/bench $R/train
+for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do
+  name=${v}_resnet20.cifar10
+  run=runs/cifar10-cpu/${v}_resnet20
+  kw='{"target": 0.5}'; [ $v = lcnet_cond ] && kw='{}'
+  flag=""; [ -f $run/last.pt ] && flag=--resume
+  anycost train ${v}_resnet20 --recipe cpu --data-dir "$DATA" --epochs ${LC_EPOCHS:-10} --init-from resnet20.cifar10 \
+    --set "model_kwargs=$kw" --out $run $flag
+  cp $run/record.json $R/train/$name.json
+  anycost export $run --name $name
+  anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
+  anycost bench $name --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
+done
+
+static=$(ls $R/eval/resnet*.cifar10-holdout.json)
+lc=$(ls $R/eval/*net*_resnet20.cifar10-holdout.json)
+others=$(ls $R/calibrate/*.json 2>/dev/null || true)
+anycost plot $static $others $lc -o benchmarks/lcnet_cifar10.png \
+  --title "CIFAR-10: LC-Net variants vs static ResNets, early exit and CNMM (holdout)"
+{
+  anycost report $static $lc --summary --reference resnet20.cifar10
+  echo
+  anycost report $static $lc $(ls $R/bench/*net*_resnet20.cifar10.json)
+} > benchmarks/lcnet_cifar10.md
