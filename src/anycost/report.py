@@ -83,7 +83,7 @@ def train_table(records: list[dict]) -> str:
         hw = r["hardware"]
         lines.append(f"| {r['config']['model']} | {len(h)} | {fin.get('val_acc', float('nan')):.2f} | "
                      f"{fin.get('val_top5', float('nan')):.2f} | {r['results']['train_seconds'] / 60:.1f} | "
-                     f"{secs[len(secs) // 2]:.0f} | {ips[len(ips) // 2]:.0f} | {hw['cpu']}, {hw['torch_threads']} threads |")
+                     f"{secs[len(secs) // 2]:.0f} | {ips[len(ips) // 2]:.0f} | {hw['cpu']}, {hw['torch_threads']} thread{'s' if hw['torch_threads'] != 1 else ''} |")
     return "\n".join(lines)
 
 
