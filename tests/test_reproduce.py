@@ -19,6 +19,18 @@ def test_reproduce_trains_exports_then_reuses(tmp_path, capsys):
     assert set(index) == {"r8w4.digits", "r8w16.digits", "ee.digits", "select.digits", "cnmm.digits", "lcnet.digits"}
     assert index["ee.digits"]["operating_points"] > 5
 
+    # multi-exit curves come from one cached pass per model: real routed execution agrees
+    for name in ("ee", "select"):
+        capsys.readouterr()
+        ext = ".json" if name == "select" else ".pt"
+        assert main(["eval", str(zoo / f"{name}.digits{ext}"), "--split", "holdout", "--json", "--no-record"]) == 0
+        real = {p["operating_point"]["name"]: p for p in json.loads(capsys.readouterr().out)["points"]}
+        (sim,) = [c for c in rec["results"]["curves"] if c["method"] == name]
+        assert len(sim["points"]) == len(real) > 5
+        for p in sim["points"]:
+            r = real[p["operating_point"]["name"]]
+            assert abs(p["accuracy"] - r["accuracy"]) <= 0.6 and abs(p["macs_mean"] - r["macs_mean"]) <= 0.01 * r["macs_mean"]
+
     # --reuse: the same numbers from the zoo alone, nothing trained
     out2 = tmp_path / "out2"
     assert main(["reproduce", "digits", "--reuse", "--zoo-dir", str(zoo), "--out", str(out2), "--no-bench"]) == 0
