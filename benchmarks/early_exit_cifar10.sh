@@ -47,5 +47,10 @@ fi
 static=$(ls $R/eval/resnet*.cifar10-holdout.json 2>/dev/null || true)
 anycost plot $static $R/calibrate/*.json -o benchmarks/early_exit_cifar10.png \
   --title "CIFAR-10: early exit and network selection vs static ResNets (measured on holdout)"
-anycost report $static $R/calibrate/*.json $(ls $R/bench/resnet*.cifar10.json $R/bench/ee_*.json $R/bench/select_*.json 2>/dev/null) \
-  > benchmarks/early_exit_cifar10.md
+{
+  anycost report $static $R/calibrate/*.json --summary
+  echo
+  anycost report $static $R/calibrate/*.json --summary --reference resnet20.cifar10
+  echo
+  anycost report $static $R/calibrate/*.json $(ls $R/bench/resnet*.cifar10.json $R/bench/ee_*.json $R/bench/select_*.json 2>/dev/null)
+} > benchmarks/early_exit_cifar10.md
