@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LC-Net on CIFAR-10 (issue 6): L-Net, C-Net, LC-Net (target 50 % of the MACs) and the
-# budget-conditioned LC-Net, each fine-tuned for LC_EPOCHS epochs (default 10) of the `cpu`
+# budget-conditioned LC-Net, each fine-tuned for LC_EPOCHS epochs (default 5) of the `cpu`
 # recipe from the zoo resnet20 (resumable), exported with their threshold / budget operating
 # points, measured on holdout, timed at batch 1 and 256, and drawn against every other family.
 set -euo pipefail
@@ -13,7 +13,7 @@ for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do
   run=runs/cifar10-cpu/${v}_resnet20
   kw='{"target": 0.5}'; [ $v = lcnet_cond ] && kw='{}'
   flag=""; [ -f $run/last.pt ] && flag=--resume
-  anycost train ${v}_resnet20 --recipe cpu --data-dir "$DATA" --epochs ${LC_EPOCHS:-10} --init-from resnet20.cifar10 \
+  anycost train ${v}_resnet20 --recipe cpu --data-dir "$DATA" --epochs ${LC_EPOCHS:-5} --init-from resnet20.cifar10 \
     --set "model_kwargs=$kw" --out $run $flag
   cp $run/record.json $R/train/$name.json
   anycost export $run --name $name
