@@ -39,6 +39,24 @@ def test_training_samples_a_network_per_example_and_inference_is_deterministic()
     assert torch.equal(m(x), m(x)) and torch.allclose(m(x)[0], m(x)[3])
 
 
+def test_keep_max_drops_every_edge_for_a_share_of_examples():
+    """Without the cap, confident edges are never off in training, so the networks that
+    pruning leaves were never trained (what happened on CIFAR-10)."""
+    torch.manual_seed(0)
+    off = {}
+    for km in (1.0, 0.6):
+        m = create_model("test_cnmm", num_classes=10, in_chans=1, init_logit=8.0, keep_max=km).train()
+        m.progress = 1.0  # final temperature
+        off[km] = (m._masks(4000, "cpu") < 0.5).float().mean().item()
+        assert torch.allclose(m.probabilities(), torch.full_like(m.logits, km * torch.sigmoid(torch.tensor(8.0)).item()))
+    assert off[1.0] < 0.01 and 0.3 < off[0.6] < 0.5
+    x = torch.randn(3, 1, 8, 8)
+    m.eval()  # the mean-field output and the exported full network use the capped probabilities
+    assert torch.allclose(PrunedCNMM(m, m.full_spec()).eval()(x), m(x), atol=1e-5)
+    with pytest.raises(ValueError, match="keep_max"):
+        create_model("test_cnmm", keep_max=0.0)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     data = load_dataset("digits")

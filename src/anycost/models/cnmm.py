@@ -13,10 +13,13 @@ re-training. Everything below that goes beyond this is **our design**:
   output exist. Every sub-graph that connects input to output is one CNN of the mixture:
   exponentially many, all sharing the edge weights.
 * **Mixing weights.** Edge e has a logit ``theta_e`` and is on with probability
-  ``p_e = sigmoid(theta_e)``. Training draws a relaxed-Bernoulli (Concrete) mask
+  ``p_e = keep_max * sigmoid(theta_e)``. Training draws a relaxed-Bernoulli (Concrete) mask
   ``m_e`` per example and edge, temperature annealed from ``tau0`` to ``tau1``; a node is the
   normalised sum ``sum_e m_e f_e(x_src) / sum_e m_e`` of its incoming edges (a convex
-  combination, so any subset of edges gives activations of the same scale). An optional cost
+  combination, so any subset of edges gives activations of the same scale). ``keep_max < 1``
+  caps every edge's keep probability, so that each edge is off for a share of the training
+  examples: without it the learned probabilities climb to 0.9-0.999 (measured on CIFAR-10),
+  the networks that pruning leaves are ones training never ran, and pruning collapses. An optional cost
   term ``cost_weight * E[MACs] / MACs_full`` lets expensive edges learn to switch off.
 * **Mixture output at inference** (one pass, mean-field): ``m_e`` is replaced by ``p_e``, with
   the same normalisation, over the edges that are kept.
@@ -98,7 +101,7 @@ class CNMM(nn.Module):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, depth: int = 8, scales: int = 3,
                  widths: tuple[int, ...] = (16, 32, 64), input_hw: int = 32, init_logit: float = 2.0,
                  tau: tuple[float, float] = (1.0, 0.2), cost_weight: float = 0.0, slim_l1: float = 0.0,
-                 task: str = "classify"):
+                 task: str = "classify", keep_max: float = 1.0):
         super().__init__()
         if len(widths) != scales:
             raise ValueError(f"need one width per scale: {scales} scales, {len(widths)} widths")
@@ -106,6 +109,9 @@ class CNMM(nn.Module):
             raise ValueError("depth must allow a stride-2 edge into every scale")
         if task not in ("classify", "segment"):
             raise ValueError("task is 'classify' or 'segment'")
+        if not 0.0 < keep_max <= 1.0:
+            raise ValueError(f"keep_max is a probability in (0, 1], got {keep_max}")
+        self.keep_max = float(keep_max)
         self.grid = GridSpec(depth, scales)
         self.widths, self.num_classes, self.in_chans, self.input_hw = tuple(widths), num_classes, in_chans, input_hw
         self.task, self.tau, self.cost_weight, self.slim_l1 = task, tuple(tau), cost_weight, slim_l1
@@ -163,8 +169,13 @@ class CNMM(nn.Module):
             raise ValueError(f"costs were measured for {(self.in_chans, self.input_hw, self.input_hw)}")
         return self.full_macs()
 
+    def _p(self) -> Tensor:
+        """Edge keep probabilities ``keep_max * sigmoid(theta)``: below 1, every edge is dropped
+        for some training examples, so the sub-networks that pruning leaves were trained."""
+        return self.keep_max * torch.sigmoid(self.logits)
+
     def probabilities(self) -> Tensor:
-        return torch.sigmoid(self.logits.detach())
+        return self._p().detach()
 
     # ----------------------------------------------------------------- forward
 
@@ -176,8 +187,10 @@ class CNMM(nn.Module):
         """(E, B) edge weights: Concrete samples in training, probabilities at inference."""
         if self.training:
             u = torch.rand(len(self.edge_list), b, device=device).clamp(1e-6, 1 - 1e-6)
-            return torch.sigmoid((self.logits[:, None] + u.log() - (-u).log1p()) / self._temperature())
-        return torch.sigmoid(self.logits)[:, None].expand(-1, b)
+            p = self._p().clamp(1e-6, 1 - 1e-6)
+            theta = p.log() - (-p).log1p()  # the logit of p (= self.logits when keep_max is 1)
+            return torch.sigmoid((theta[:, None] + u.log() - (-u).log1p()) / self._temperature())
+        return self._p()[:, None].expand(-1, b)
 
     def _readout(self, feats: list[Tensor]) -> Tensor:
         if self.task == "classify":
@@ -203,7 +216,7 @@ class CNMM(nn.Module):
 
     def expected_macs_fraction(self) -> Tensor:
         """E[MACs] / full MACs under independent edges (a differentiable cost term)."""
-        p = torch.sigmoid(self.logits)
+        p = self._p()
         em = torch.tensor(self.edge_macs, dtype=p.dtype, device=p.device)
         return (self.stem_macs + self.head_macs + (p * em).sum()) / self.full_macs()
 
