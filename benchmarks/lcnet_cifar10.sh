@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 R=benchmarks/records
 mkdir -p $R/eval $R/bench $R/train
-for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do
+for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do  # lcnet_cond in the zoo: LC_LR=0.1 LC_LAM=2
   name=${v}_resnet20.cifar10
   run=runs/cifar10-cpu/${v}_resnet20
   lam=${LC_LAM:-8}
