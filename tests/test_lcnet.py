@@ -125,3 +125,19 @@ def test_lcnet_on_a_torchvision_resnet18():
     loss, _ = m.training_loss(x, torch.arange(6), criterion=torch.nn.CrossEntropyLoss())
     loss.backward()
     assert m.predictors[0].fc1.weight.grad is not None
+
+
+def test_batch_penalty_lets_inputs_differ_while_the_mean_meets_the_budget():
+    """Per-input costs 0.3 and 0.7 of the full MACs against a 0.5 target: the per-input
+    hinge charges the expensive input, the batch hinge charges nothing (mean = 0.5)."""
+    charges = {}
+    for penalty in ("example", "batch"):
+        m = tiny(dict(layers=True, channels=False), target=0.5, lam=4.0, penalty=penalty).train()
+        logits = torch.zeros(2, 10)
+        m.forward_train = lambda x, budget=None, m=m: (logits, torch.tensor([0.3, 0.7]) * m.full_macs)
+        loss, _ = m.training_loss(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), torch.nn.CrossEntropyLoss())
+        charges[penalty] = loss.item() - torch.log(torch.tensor(10.0)).item()
+    assert charges["example"] == pytest.approx(4.0 * 0.2 ** 2 / 2, rel=1e-4)
+    assert charges["batch"] == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="penalty"):
+        tiny(dict(layers=True, channels=False), penalty="sample")
