@@ -134,10 +134,24 @@ def test_batch_penalty_lets_inputs_differ_while_the_mean_meets_the_budget():
     for penalty in ("example", "batch"):
         m = tiny(dict(layers=True, channels=False), target=0.5, lam=4.0, penalty=penalty).train()
         logits = torch.zeros(2, 10)
-        m.forward_train = lambda x, budget=None, m=m: (logits, torch.tensor([0.3, 0.7]) * m.full_macs)
+        m.forward_train = lambda x, budget=None, m=m: (logits, torch.tensor([0.3, 0.7]) * m.full_macs, torch.zeros(2, 1))
         loss, _ = m.training_loss(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), torch.nn.CrossEntropyLoss())
         charges[penalty] = loss.item() - torch.log(torch.tensor(10.0)).item()
     assert charges["example"] == pytest.approx(4.0 * 0.2 ** 2 / 2, rel=1e-4)
     assert charges["batch"] == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(ValueError, match="penalty"):
         tiny(dict(layers=True, channels=False), penalty="sample")
+
+
+def test_gate_l2_charges_the_squared_gate_logits():
+    """gate_l2 adds gate_l2 * mean(logit ** 2) over every gate of every input, nothing else."""
+    torch.manual_seed(0)
+    x, y = varied(4), torch.tensor([0, 1, 2, 3])
+    ce = torch.nn.CrossEntropyLoss()
+    losses = {}
+    for g in (0.0, 0.5):
+        m = _randomise_predictors(tiny(dict(layers=True, channels=True), gate_l2=g)).eval()  # eval: no Gumbel noise
+        losses[g] = m.training_loss(x, y, ce)[0].item()
+        gates = m.forward_train(x)[2]
+    assert gates.shape == (4, sum(1 + b.planes for b in m.blocks_list))
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * gates.pow(2).mean().item(), rel=1e-4)

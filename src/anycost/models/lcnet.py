@@ -127,13 +127,13 @@ class LCResNet(nn.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths=(16, 32, 64),
                  layers: bool = True, channels: bool = True, conditioned: bool = False, target: float = 0.5,
                  lam: float = 2.0, budget_min: float = 0.2, input_hw: int = 32, backbone: nn.Module | None = None,
-                 penalty: str = "example"):
+                 penalty: str = "example", gate_l2: float = 0.0):
         super().__init__()
         if not (layers or channels):
             raise ValueError("enable layer skipping, channel skipping or both")
         if penalty not in ("example", "batch"):
             raise ValueError(f"penalty must be 'example' or 'batch', not {penalty!r}")
-        self.penalty = penalty
+        self.penalty, self.gate_l2 = penalty, gate_l2
         self.backbone = backbone if backbone is not None else CifarResNet(depth, num_classes, in_chans, widths)
         self.blocks_list: list[BasicBlock] = self.backbone.blocks()
         self.layers, self.channels, self.conditioned = layers, channels, conditioned
@@ -186,13 +186,16 @@ class LCResNet(nn.Module):
         # the budget enters centred and scaled, comparable to the pooled features
         return torch.cat([z, 4.0 * (budget[:, None].to(z.dtype) - 0.6)], 1) if self.conditioned else z
 
-    def forward_train(self, x: Tensor, budget: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Masked (full-compute) forward with hard ST decisions; returns (logits, expected MACs per row)."""
+    def forward_train(self, x: Tensor, budget: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Masked (full-compute) forward with hard ST decisions; returns (logits, expected MACs
+        per row (B,), every gate logit (B, G))."""
         n = x.shape[0]
+        gates = []
         h = self.backbone.stem(x)
         exp = torch.full((n,), float(self.always_macs), device=x.device)
         for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
             ll, ls, cl, cs = pred.split(pred(self._pooled(h, budget)))
+            gates += [g.reshape(n, -1) for g in (ll, cl) if g is not None]
             exp = exp + self.pred_macs[i]
             if self.channels:
                 keep, pk = _st_gate(cl, self.training)  # (B, C)
@@ -209,7 +212,7 @@ class LCResNet(nn.Module):
                 pl = torch.ones(n, device=x.device)
             exp = exp + pl * q * (self.conv1_macs[i] + self.conv2_macs[i])
             h = F.relu(branch + blk.shortcut(h))
-        return self.backbone.forward_head(h), exp
+        return self.backbone.forward_head(h), exp, torch.cat(gates, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         budget = torch.full((x.shape[0],), self.target, device=x.device) if self.conditioned else None
@@ -221,7 +224,7 @@ class LCResNet(nn.Module):
             target = self.budget_min + (1 - self.budget_min) * torch.rand(n, device=x.device)
         else:
             target = torch.full((n,), self.target, device=x.device)
-        logits, exp = self.forward_train(x, target if self.conditioned else None)
+        logits, exp, gates = self.forward_train(x, target if self.conditioned else None)
         ratio = exp / self.full_macs
         # squared hinge: the push grows with the overshoot, so inputs with small budgets are
         # pushed harder than inputs with large ones (what lets a conditioned model tell them apart).
@@ -230,7 +233,10 @@ class LCResNet(nn.Module):
         # for hard ones (the budget is a mean-MAC budget at inference too)
         over = ratio - target  # (B,)
         pen = F.relu(over).pow(2).mean() if self.penalty == "example" else F.relu(over.mean()).pow(2)
-        return criterion(logits, y) + self.lam * pen, logits
+        # gate_l2 keeps the gate logits near 0, where the Gumbel noise still flips decisions and
+        # the straight-through gradient is largest: a saturated gate gets ~no gradient for any input
+        reg = self.gate_l2 * gates.pow(2).mean() if self.gate_l2 else 0.0
+        return criterion(logits, y) + self.lam * pen + reg, logits
 
     # ----------------------------------------------------------------- inference
 
