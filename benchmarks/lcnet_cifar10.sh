@@ -34,5 +34,5 @@ anycost plot $static $others $lc -o benchmarks/lcnet_cifar10.png \
   echo
   anycost report $static $lc $(ls $R/bench/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10.json)
 } > benchmarks/lcnet_cifar10.md
-python benchmarks/lcnet_gates.py $(for v in ${VARIANTS:-lnet cnet lcnet}; do [ $v = lcnet_cond ] || echo ${v}_resnet20.cifar10; done) \
+python benchmarks/lcnet_gates.py $(for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do [ $v = lcnet_cond ] || echo ${v}_resnet20.cifar10; done) \
   --data-dir "$DATA" > benchmarks/lcnet_gates.txt

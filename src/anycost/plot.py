@@ -84,8 +84,9 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
     from matplotlib.ticker import FuncFormatter, NullFormatter
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g} M"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xticks([t for t in (1e6, 2e6, 5e6, 1e7, 2e7, 3e7, 5e7, 1e8, 2e8, 5e8, 1e9)
-                   if min(x for c in curves for x in c.macs) / 1.5 <= t <= 1.5 * max(x for c in curves for x in c.macs)])
+    all_macs = [x for c in curves for x in c.macs]
+    lo, hi = min(all_macs) / 1.5, 1.5 * max(all_macs)
+    ax.set_xticks([t for t in (1e6, 2e6, 5e6, 1e7, 2e7, 3e7, 5e7, 1e8, 2e8, 5e8, 1e9) if lo <= t <= hi])
     ax.set_ylim(floor, top + 0.05 * y_span)
     if hidden:
         ax.text(0.01, 0.01, f"{hidden} points below {floor:.0f}% not shown", transform=ax.transAxes, fontsize=7, color="0.4")

@@ -36,7 +36,6 @@ class Entry:
     init_from: str | None = None
     members: list[str] = field(default_factory=list)  # cascades
     epochs: int | None = None  # at most this many (heads-only fine-tuning needs fewer); None: the recipe's
-    train: dict = field(default_factory=dict)  # TrainConfig overrides (a fine-tune's lower lr)
 
 
 def _static(names, tag):
@@ -103,7 +102,7 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
         raise FileNotFoundError(f"{e.name} starts from {e.init_from}, which is not in the zoo yet")
     run = runs / e.name
     cfg = replace(base, model=e.model, model_kwargs=dict(e.kwargs), init_from=init, out_dir=str(run),
-                  epochs=min(e.epochs or base.epochs, base.epochs), **e.train)
+                  epochs=min(e.epochs or base.epochs, base.epochs))
     say(f"  training {e.name} -> {run}")
     train(cfg, resume=(run / "last.pt").exists(), data=data)
     model, _ = load_model_file(run / "last.pt")
