@@ -1,0 +1,30 @@
+"""Table of the `cpu`-recipe sweep (ResNet-20, CIFAR-10): what each run changed against the
+recipe, and where it ended. Reads the train records only.
+
+    python benchmarks/recipe_sweep.py benchmarks/records/train/recipe_sweep/*.json > benchmarks/recipe_sweep.md
+"""
+import json
+import sys
+from importlib import resources
+
+KEYS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup", "schedule", "seed")
+
+
+def main(paths: list[str]) -> None:
+    recipe = json.loads(resources.files("anycost").joinpath("recipes", "cpu.json").read_text())
+    print("| run | changed against `cpu` | epochs done | val top-1 (%) | best epoch val (%) | final train acc (%) | device |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for p in paths:
+        r = json.load(open(p))
+        cfg, hist = r["config"], r["results"]["history"]
+        diff = ", ".join(f"{k} {cfg[k]}" for k in KEYS if k in cfg and cfg[k] != recipe.get(k, 0 if k == "seed" else None))
+        hw = r.get("hardware", {})
+        dev = hw.get("gpu") or hw.get("cpu", "?")
+        last = hist[-1]
+        note = "" if r["results"]["status"] == "done" else " (stopped)"
+        print(f"| {p.rsplit('/', 1)[-1][:-5]} | {diff or '-'} | {len(hist)}/{cfg['epochs']}{note} | {last['val_acc']:.2f} | "
+              f"{max(h['val_acc'] for h in hist):.2f} | {last['train_acc']:.2f} | {dev} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
