@@ -22,10 +22,10 @@ anycost bench cnmm_d8.cifar10 --data-dir "$DATA" --split holdout --threads 2 --r
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
-anycost plot $static $others $R/calibrate/cnmm_d8.cifar10.json -o benchmarks/cnmm_cifar10.png \
+anycost plot $static $others $(ls $R/calibrate/cnmm_d8.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
   --title "CIFAR-10: one CNMM pruned to many budgets (holdout)"
 {
-  anycost report $static $R/calibrate/cnmm_d8.cifar10.json --summary
+  anycost report $static $(ls $R/calibrate/cnmm_d8.cifar10{,-e30}.json 2>/dev/null) --summary
   echo
-  anycost report $static $R/calibrate/cnmm_d8.cifar10.json $R/bench/cnmm_d8.cifar10.json
+  anycost report $static $(ls $R/calibrate/cnmm_d8.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_d8{,_e30}.cifar10.json 2>/dev/null)
 } > benchmarks/cnmm_cifar10.md

@@ -10,10 +10,10 @@ R=benchmarks/records
 mkdir -p $R/calibrate $R/eval $R/bench $R/train
 
 # train (resumable), choose operating points on calib, export to the zoo, measure on holdout
-ee_model() {  # run-dir zoo-name label train-args...
-  local run=$1 name=$2 label=$3; shift 3
+ee_model() {  # model run-dir zoo-name label train-args...
+  local model=$1 run=$2 name=$3 label=$4; shift 4
   local flag=""; [ -f $run/last.pt ] && flag=--resume
-  anycost train ee_resnet20 --recipe cpu --data-dir "$DATA" --out $run $flag "$@"
+  anycost train $model --recipe cpu --data-dir "$DATA" --out $run $flag "$@"
   cp $run/record.json $R/train/$name.json
   anycost calibrate $run --data-dir "$DATA" --name "$label" --export $name --record $R/calibrate/$name.json
   anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
@@ -22,17 +22,27 @@ ee_model() {  # run-dir zoo-name label train-args...
 
 # two-stage: heads only, on the frozen zoo resnet20 (the recipe shortened to EE_EPOCHS epochs)
 if [ -f src/anycost/zoo/resnet20.cifar10.pt ]; then
-  ee_model runs/cifar10-cpu/ee_resnet20_heads ee_resnet20_heads.cifar10 "ee_resnet20 (two-stage)" \
+  ee_model ee_resnet20 runs/cifar10-cpu/ee_resnet20_heads ee_resnet20_heads.cifar10 "ee_resnet20 (two-stage)" \
     --epochs ${EE_EPOCHS:-10} --init-from resnet20.cifar10 --set 'model_kwargs={"mode": "heads"}'
 fi
 # jointly trained from scratch, the full recipe: exits after blocks 1, 2, 3 and 5 of 9, and
 # self-distillation of the early exits from the last one
-ee_model runs/cifar10-cpu/ee_resnet20 ee_resnet20.cifar10 "ee_resnet20 (joint)" \
+ee_model ee_resnet20 runs/cifar10-cpu/ee_resnet20 ee_resnet20.cifar10 "ee_resnet20 (joint)" \
   --set 'model_kwargs={"mode": "joint", "exits": "stage+1+3", "distill": 0.5, "distill_temp": 3.0}'
+# the same with exits at the stage ends only (the committed run trained with --device cuda)
+ee_model ee_resnet20 runs/cifar10-cpu/ee_resnet20_stage ee_resnet20_stage.cifar10 "ee_resnet20 (joint, stage exits)" \
+  --set 'model_kwargs={"mode": "joint", "exits": "stage", "distill": 0.5, "distill_temp": 3.0}'
+# two-stage on the deeper zoo resnet56: an exit every 3 blocks (8 exits and the last)
+if [ -f src/anycost/zoo/resnet56.cifar10.pt ]; then
+  ee_model ee_resnet56 runs/cifar10-cpu/ee_resnet56_heads ee_resnet56_heads.cifar10 "ee_resnet56 (two-stage)" \
+    --epochs ${EE_EPOCHS:-10} --init-from resnet56.cifar10 --set 'model_kwargs={"mode": "heads", "exits": "every3"}'
+fi
 
 # network selection over the static zoo ResNets that exist, cheapest first
+for cascade in "${CASCADE:-resnet8 resnet14 resnet20}" "resnet8 resnet20 resnet56" "resnet8 resnet14 resnet20 resnet56" \
+    "resnet8 resnet14 resnet20 resnet32 resnet56"; do
 members=()
-for m in ${CASCADE:-resnet8 resnet14 resnet20}; do
+for m in $cascade; do
   [ -f src/anycost/zoo/$m.cifar10.pt ] && members+=("$m.cifar10")
 done
 if [ ${#members[@]} -ge 2 ]; then
@@ -42,15 +52,17 @@ if [ ${#members[@]} -ge 2 ]; then
   anycost eval "$name" --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
   anycost bench "$name" --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
 fi
+done
 
 # one plot and one table against the static family (all measured on holdout)
 static=$(ls $R/eval/resnet*.cifar10-holdout.json 2>/dev/null || true)
-anycost plot $static $R/calibrate/*.json -o benchmarks/early_exit_cifar10.png \
+ee=$(ls $R/calibrate/ee_*.json $R/calibrate/select_*.json)
+anycost plot $static $ee -o benchmarks/early_exit_cifar10.png \
   --title "CIFAR-10: early exit and network selection vs static ResNets (measured on holdout)"
 {
-  anycost report $static $R/calibrate/*.json --summary
+  anycost report $static $ee --summary
   echo
-  anycost report $static $R/calibrate/*.json --summary --reference resnet20.cifar10
+  anycost report $static $ee --summary --reference resnet20.cifar10
   echo
-  anycost report $static $R/calibrate/*.json $(ls $R/bench/resnet*.cifar10.json $R/bench/ee_*.json $R/bench/select_*.json 2>/dev/null)
+  anycost report $static $ee $(ls $R/bench/resnet*.cifar10.json $R/bench/ee_*.json $R/bench/select_*.json 2>/dev/null)
 } > benchmarks/early_exit_cifar10.md

@@ -25,14 +25,14 @@ for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do
 done
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
-lc=$(ls $R/eval/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10-holdout.json)
+lc=$(ls $R/eval/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10-holdout.json $R/eval/lnet_resnet20.cifar10-gatel2-001-e20-holdout.json 2>/dev/null)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
 anycost plot $static $others $lc -o benchmarks/lcnet_cifar10.png \
   --title "CIFAR-10: LC-Net variants vs static ResNets and selection (holdout)"
 {
   anycost report $static $lc --summary --reference resnet20.cifar10
   echo
-  anycost report $static $lc $(ls $R/bench/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10.json)
+  anycost report $static $lc $(ls $R/bench/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10.json $R/bench/lnet_resnet20_gl.cifar10.json 2>/dev/null)
 } > benchmarks/lcnet_cifar10.md
 python benchmarks/lcnet_gates.py $(for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do [ $v = lcnet_cond ] || echo ${v}_resnet20.cifar10; done) \
   --data-dir "$DATA" > benchmarks/lcnet_gates.txt

@@ -129,3 +129,17 @@ def test_summary_table_picks_cheapest_point_within_each_loss():
     assert row == "| dyn | 90.40 | 50.00 | 90.00 | 40.00 | 1.25x | none | - | - |"
     with pytest.raises(ValueError, match="no curve named"):
         summary_table([dyn], reference="missing")
+
+
+def test_train_table_names_the_device_that_trained():
+    from anycost.report import train_table
+
+    def rec(hw):
+        row = {"epoch": 1, "epoch_seconds": 10.0, "images_per_s": 100.0, "val_acc": 50.0, "val_top5": 90.0}
+        return {"config": {"model": "m"}, "hardware": hw,
+                "results": {"history": [row], "final": row, "train_seconds": 60.0}}
+
+    cpu = train_table([rec({"cpu": "SomeCPU", "torch_threads": 2, "device": "cpu"})])
+    gpu = train_table([rec({"cpu": "HostCPU", "torch_threads": 1, "device": "cuda", "gpu": "SomeGPU"})])
+    assert "SomeCPU, 2 threads" in cpu
+    assert "SomeGPU" in gpu and "HostCPU" not in gpu

@@ -59,6 +59,17 @@ SUITES = {
         *[Entry(f"{v}_resnet20.cifar10", "lcnet", "lcnet", f"{v}_resnet20", {"target": 0.5}, "resnet20.cifar10",
                 epochs=5) for v in ("lnet", "cnet", "lcnet")],
         Entry("lcnet_cond_resnet20.cifar10", "lcnet", "lcnet", "lcnet_cond_resnet20", {}, "resnet20.cifar10", epochs=5),
+        # the follow-ups that did better (README; their committed runs trained with --device cuda)
+        Entry("ee_resnet20_stage.cifar10", "ee", "early exit", "ee_resnet20",
+              {"mode": "joint", "exits": "stage", "distill": 0.5, "distill_temp": 3.0}),
+        Entry("ee_resnet56_heads.cifar10", "ee", "early exit", "ee_resnet56", {"mode": "heads", "exits": "every3"},
+              "resnet56.cifar10", epochs=10),
+        Entry("select_resnet8_resnet20_resnet56.cifar10", "cascade", "network selection",
+              members=["resnet8.cifar10", "resnet20.cifar10", "resnet56.cifar10"]),
+        Entry("cnmm_d8_e30.cifar10", "cnmm", "cnmm", "cnmm_d8", {"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7},
+              epochs=30),
+        Entry("lnet_resnet20_gl.cifar10", "lcnet", "lcnet", "lnet_resnet20", {"target": 0.5, "gate_l2": 0.01},
+              "resnet20.cifar10", epochs=20),
     ],
     # a miniature of the same pipeline on the embedded digits (tests, offline trials)
     "digits": [
