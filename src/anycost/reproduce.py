@@ -66,6 +66,8 @@ SUITES = {
               "resnet56.cifar10", epochs=10),
         Entry("select_resnet8_resnet20_resnet56.cifar10", "cascade", "network selection",
               members=["resnet8.cifar10", "resnet20.cifar10", "resnet56.cifar10"]),
+        Entry("select_resnet8_resnet14_resnet20_resnet32_resnet56.cifar10", "cascade", "network selection",
+              members=[f"resnet{d}.cifar10" for d in (8, 14, 20, 32, 56)]),
         Entry("cnmm_d8_e30.cifar10", "cnmm", "cnmm", "cnmm_d8", {"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7},
               epochs=30),
         Entry("lnet_resnet20_gl.cifar10", "lcnet", "lcnet", "lnet_resnet20", {"target": 0.5, "gate_l2": 0.01},
