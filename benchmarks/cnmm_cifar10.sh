@@ -23,6 +23,8 @@ anycost bench cnmm_d8.cifar10 --data-dir "$DATA" --split holdout --threads 2 --r
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
 anycost plot $static $others $(ls $R/calibrate/cnmm_d8.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
+    --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
+    --exclude '*: channels' --exclude '*: both' \
   --title "CIFAR-10: one CNMM pruned to many budgets (holdout)"
 {
   anycost report $static $(ls $R/calibrate/cnmm_d8.cifar10{,-e30}.json 2>/dev/null) --summary

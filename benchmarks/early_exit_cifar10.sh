@@ -57,8 +57,12 @@ done
 # one plot and one table against the static family (all measured on holdout)
 static=$(ls $R/eval/resnet*.cifar10-holdout.json 2>/dev/null || true)
 ee=$(ls $R/calibrate/ee_*.json $R/calibrate/select_*.json)
+# the plot keeps max-prob thresholds and learned policies of the main models (every curve is in the .md)
 anycost plot $static $ee -o benchmarks/early_exit_cifar10.png \
-  --title "CIFAR-10: early exit and network selection vs static ResNets (measured on holdout)"
+  --exclude '*(entropy)' --exclude '*(margin)' --exclude '*fixed exit' --exclude '*oracle*' \
+  --exclude 'ee_resnet20 (two-stage)*' --exclude 'selection resnet8 resnet20:*' \
+  --exclude 'selection resnet8 -> resnet14 -> resnet20 -> resnet56:*' --exclude 'ee_resnet56 (joint fine-tune)*' \
+  --title "CIFAR-10 (holdout): early exit and network selection vs static ResNets"
 {
   anycost report $static $ee --summary
   echo

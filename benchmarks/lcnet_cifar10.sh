@@ -27,7 +27,7 @@ done
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 lc=$(ls $R/eval/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10-holdout.json $R/eval/lnet_resnet20.cifar10-gatel2-001-e20-holdout.json 2>/dev/null)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
-anycost plot $static $others $lc -o benchmarks/lcnet_cifar10.png \
+anycost plot $static $others $lc -o benchmarks/lcnet_cifar10.png --exclude '*fixed exit' --exclude '*oracle*' \
   --title "CIFAR-10: LC-Net variants vs static ResNets and selection (holdout)"
 {
   anycost report $static $lc --summary --reference resnet20.cifar10

@@ -143,3 +143,14 @@ def test_train_table_names_the_device_that_trained():
     gpu = train_table([rec({"cpu": "HostCPU", "torch_threads": 1, "device": "cuda", "gpu": "SomeGPU"})])
     assert "SomeCPU, 2 threads" in cpu
     assert "SomeGPU" in gpu and "HostCPU" not in gpu
+
+
+def test_drop_curves_by_pattern():
+    from anycost.eval import TradeoffCurve
+    from anycost.plot import drop_curves
+
+    cs = [TradeoffCurve(method=m, points=[]) for m in ("ee: threshold (maxprob)", "ee: threshold (entropy)", "r20")]
+    assert [c.method for c in drop_curves(cs, ["*entropy*"])] == ["ee: threshold (maxprob)", "r20"]
+    assert drop_curves(cs, []) == cs
+    with pytest.raises(ValueError, match="leaves no curve"):
+        drop_curves(cs, ["*"])

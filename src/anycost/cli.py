@@ -335,9 +335,9 @@ def _calibrate_cnmm(a, model, data, norm, name) -> int:
 
 
 def cmd_plot(a) -> int:
-    from anycost.plot import load_curves, plot_curves
+    from anycost.plot import drop_curves, load_curves, plot_curves
 
-    out = plot_curves(load_curves(a.records), a.output, a.title)
+    out = plot_curves(drop_curves(load_curves(a.records), a.exclude or []), a.output, a.title)
     print(f"wrote {out}")
     return 0
 
@@ -530,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("records", nargs="+", help="eval/demo/reproduce record files")
     pl.add_argument("-o", "--output", required=True, help="image file, e.g. curves.png")
     pl.add_argument("--title", help="plot title (default: names the measured split)")
+    pl.add_argument("--exclude", action="append", metavar="PATTERN",
+                    help="leave out curves whose name matches this shell pattern, e.g. '*entropy*' (repeatable)")
     pl.set_defaults(func=cmd_plot)
 
     r = sub.add_parser("report", help="Markdown tables from records", epilog=EPILOG,

@@ -29,6 +29,17 @@ def load_curves(paths) -> list[TradeoffCurve]:
     return curves
 
 
+def drop_curves(curves: list[TradeoffCurve], patterns: list[str]) -> list[TradeoffCurve]:
+    """The curves whose method name matches none of the shell patterns (a crowded plot
+    keeps its readable subset; the records keep everything)."""
+    from fnmatch import fnmatchcase
+
+    kept = [c for c in curves if not any(fnmatchcase(c.method, p) for p in patterns)]
+    if curves and not kept:
+        raise ValueError(f"--exclude {patterns} leaves no curve to plot")
+    return kept
+
+
 def _mpl():
     import matplotlib
 
@@ -84,8 +95,11 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
     from matplotlib.ticker import FuncFormatter, NullFormatter
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g} M"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    all_macs = [x for c in curves for x in c.macs]
-    lo, hi = min(all_macs) / 1.5, 1.5 * max(all_macs)
+    # the x range spans the points that are drawn: a hidden 10 %-accuracy point at 0.4 M MACs
+    # would otherwise squeeze every visible curve into a corner
+    shown = [x for c in curves for x, a in zip(c.macs, c.accuracies) if a >= floor] or [x for c in curves for x in c.macs]
+    lo, hi = min(shown) / 1.5, 1.5 * max(shown)
+    ax.set_xlim(lo, hi)
     ax.set_xticks([t for t in (1e6, 2e6, 5e6, 1e7, 2e7, 3e7, 5e7, 1e8, 2e8, 5e8, 1e9) if lo <= t <= hi])
     ax.set_ylim(floor, top + 0.05 * y_span)
     if hidden:
@@ -93,7 +107,8 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
     ax.set_xlabel("MACs per image (mean, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     measured = sorted({c.measured_on for c in curves if c.measured_on})
-    ax.set_title(title or f"accuracy vs MACs (measured on: {', '.join(measured) or '?'})")
+    # over the whole figure: centred on the axes, a long title runs off the left edge once the legend is wide
+    fig.suptitle(title or f"accuracy vs MACs (measured on: {', '.join(measured) or '?'})", fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(plt, fig, out)
