@@ -131,3 +131,16 @@ def test_zoo_resnet20_eval_on_test_only_folder_and_bench(cifar_test_only, capsys
 def test_report_summary_options_need_summary(tmp_path, capsys):
     assert main(["report", str(tmp_path / "x.json"), "--reference", "resnet20"]) == 2
     assert "belong to --summary" in capsys.readouterr().err
+
+
+def test_eval_threads_flag_sets_torch_threads(cifar_run, cifar_dir, tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    try:
+        assert main(["eval", str(cifar_run), "--data-dir", str(cifar_dir), "--split", "val", "--threads", str(want),
+                     "--record", str(tmp_path / "v.json")]) == 0
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)

@@ -142,6 +142,8 @@ def cmd_eval(a) -> int:
     from anycost.report import curves_table
     from anycost.zoo import resolve_model
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     model, meta = resolve_model(a.model)
     model.to(a.device)
     if a.download:
@@ -476,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "test: needs only test_batch + batches.meta")
     e.add_argument("--batch-size", type=int, default=1000)
     e.add_argument("--device", default="cpu")
+    e.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     e.add_argument("--json", action="store_true", help="print one JSON object (model, split, points, ...)")
     e.add_argument("--record", help="where to write the record (default runs/eval/NAME-SPLIT.json)")
     e.add_argument("--no-record", action="store_true", help="do not write a record")
