@@ -41,17 +41,17 @@ fi
 # network selection over the static zoo ResNets that exist, cheapest first
 for cascade in "${CASCADE:-resnet8 resnet14 resnet20}" "resnet8 resnet20 resnet56" "resnet8 resnet14 resnet20 resnet56" \
     "resnet8 resnet14 resnet20 resnet32 resnet56"; do
-members=()
-for m in $cascade; do
-  [ -f src/anycost/zoo/$m.cifar10.pt ] && members+=("$m.cifar10")
-done
-if [ ${#members[@]} -ge 2 ]; then
-  name="select_$(IFS=_; echo "${members[*]//.cifar10/}").cifar10"
-  anycost calibrate --cascade "${members[@]}" --data-dir "$DATA" --metrics maxprob --name "selection ${members[*]//.cifar10/}" \
-    --export "$name" --record $R/calibrate/$name.json
-  anycost eval "$name" --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
-  anycost bench "$name" --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
-fi
+  members=()
+  for m in $cascade; do
+    [ -f src/anycost/zoo/$m.cifar10.pt ] && members+=("$m.cifar10")
+  done
+  if [ ${#members[@]} -ge 2 ]; then
+    name="select_$(IFS=_; echo "${members[*]//.cifar10/}").cifar10"
+    anycost calibrate --cascade "${members[@]}" --data-dir "$DATA" --metrics maxprob --name "selection ${members[*]//.cifar10/}" \
+      --export "$name" --record $R/calibrate/$name.json
+    anycost eval "$name" --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
+    anycost bench "$name" --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
+  fi
 done
 
 # one plot and one table against the static family (all measured on holdout)

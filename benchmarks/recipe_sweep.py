@@ -3,21 +3,23 @@ recipe, and where it ended. Reads the train records only.
 
     python benchmarks/recipe_sweep.py benchmarks/records/train/recipe_sweep/*.json > benchmarks/recipe_sweep.md
 """
-import json
 import sys
-from importlib import resources
+from dataclasses import asdict
+
+from anycost.records import read_record
+from anycost.train import TrainConfig, load_recipe
 
 KEYS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup", "schedule", "seed")
 
 
 def main(paths: list[str]) -> None:
-    recipe = json.loads(resources.files("anycost").joinpath("recipes", "cpu.json").read_text())
+    recipe = asdict(TrainConfig()) | load_recipe("cpu")  # what a run with only --recipe cpu resolves to
     print("| run | changed against `cpu` | epochs done | val top-1 (%) | best epoch val (%) | final train acc (%) | device |")
     print("|---|---|---:|---:|---:|---:|---|")
     for p in paths:
-        r = json.load(open(p))
+        r = read_record(p)
         cfg, hist = r["config"], r["results"]["history"]
-        diff = ", ".join(f"{k} {cfg[k]}" for k in KEYS if k in cfg and cfg[k] != recipe.get(k, 0 if k == "seed" else None))
+        diff = ", ".join(f"{k} {cfg[k]}" for k in KEYS if k in cfg and cfg[k] != recipe[k])
         hw = r.get("hardware", {})
         dev = hw.get("gpu") or hw.get("cpu", "?")
         last = hist[-1]

@@ -81,9 +81,8 @@ def train_table(records: list[dict]) -> str:
         secs = sorted(x["epoch_seconds"] for x in h)
         ips = sorted(x["images_per_s"] for x in h)
         hw = r["hardware"]
-        # a GPU run is timed on its GPU; its CPU threads only feed it
-        where = hw["gpu"] if hw.get("gpu") and str(hw.get("device", "")).startswith("cuda") else \
-            f"{hw['cpu']}, {hw['torch_threads']} thread{'s' if hw['torch_threads'] != 1 else ''}"
+        # a GPU run (hardware_info writes "gpu" only for CUDA devices) is timed on its GPU
+        where = hw.get("gpu") or f"{hw['cpu']}, {hw['torch_threads']} thread{'s' if hw['torch_threads'] != 1 else ''}"
         lines.append(f"| {r['config']['model']} | {len(h)} | {fin.get('val_acc', float('nan')):.2f} | "
                      f"{fin.get('val_top5', float('nan')):.2f} | {r['results']['train_seconds'] / 60:.1f} | "
                      f"{secs[len(secs) // 2]:.0f} | {ips[len(ips) // 2]:.0f} | {where} |")
