@@ -18,6 +18,8 @@ def test_bench_dynamic_points_report_mac_reduction(tmp_path):
     assert by["half"]["macs_mean_batched"] == (full + cheap) / 2
     for r in res["points"]:
         assert r["realised_fraction_batched"] == r["speedup_batched"] / r["mac_reduction"]
+        rounds = sorted(r["throughput_img_s_rounds"])  # default: 3 rounds, the median one counts
+        assert len(rounds) == 3 and r["throughput_img_s"] == rounds[1]
     out = plot_speedups({"toy": res}, tmp_path / "s.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
 

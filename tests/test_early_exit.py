@@ -218,3 +218,41 @@ def test_exit_wrapper_on_a_torchvision_backbone():
     assert torch.all(out.path == 0) and torch.all(out.macs == w.exit_macs[0])
     with pytest.raises(KeyError, match="no layer named 'layer9'"):
         ExitWrapper(net, ["layer9"], 10, (3, 32, 32))
+
+
+def test_branch_heads_reach_the_last_stage_and_report_honest_macs(digits):
+    from anycost.models.early_exit import BranchHead
+
+    torch.manual_seed(0)
+    m = create_model("test_ee_resnet", num_classes=10, in_chans=1, widths=(8, 16, 32), head="branch").eval()
+    assert all(isinstance(h, BranchHead) for h in m.heads)
+    # a branch maps its tap to the last stage's width and size: (8, 8x8) -> 2 stride-2 steps + 1
+    convs = [[l for l in h.body if isinstance(l, torch.nn.Conv2d)] for h in m.heads]
+    assert [len(c) for c in convs] == [3, 2] and all(c[-1].out_channels == 32 for c in convs)
+    light = create_model("test_ee_resnet", num_classes=10, in_chans=1, widths=(8, 16, 32))
+    assert all(b > l for b, l in zip(m.head_macs, light.head_macs))  # deeper heads cost more, and it is counted
+    x = _x(digits)
+    for op in [OperatingPoint("t", {"policy": "threshold", "metric": "maxprob", "threshold": 0.3}),
+               OperatingPoint("f0", {"policy": "fixed", "exit": 0})]:
+        chk = check_reported_macs(m, x, op)
+        assert chk.ok and chk.rel_err < 1e-6, (op.name, str(chk))
+    with pytest.raises(ValueError, match="head must be"):
+        create_model("test_ee_resnet", head="wide")
+
+
+def test_init_from_a_run_of_the_same_model_takes_the_heads_too(tmp_path, digits):
+    """Two-stage heads, then a joint fine-tune that starts from all of that run's weights."""
+    torch.manual_seed(0)
+    kw = {"mode": "heads", "widths": [8, 16, 32], "head": "branch"}
+    train(_cfg(tmp_path / "heads", "test_ee_resnet", epochs=1, model_kwargs=kw), data=digits)
+    from anycost.zoo import resolve_model
+    from anycost.train import init_weights
+
+    src, _ = resolve_model(str(tmp_path / "heads"))
+    joint = create_model("test_ee_resnet", num_classes=10, in_chans=1, **{**kw, "mode": "joint"})
+    init_weights(joint, str(tmp_path / "heads"))
+    ref = src.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in joint.state_dict().items())
+    with pytest.raises(Exception, match="init_from"):  # other exits: the shapes differ, a clear error
+        init_weights(create_model("test_ee_resnet", num_classes=10, in_chans=1, widths=[8, 16, 32], exits="1"),
+                     str(tmp_path / "heads"))

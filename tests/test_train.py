@@ -85,3 +85,30 @@ def test_packaged_recipes_are_valid_configs():
         TrainConfig.from_dict(load_recipe(r)).validate()
     with pytest.raises(ValueError, match="unknown recipe"):
         load_recipe("nope")
+
+
+def test_bf16_autocast_trains_in_bf16_and_keeps_float32_weights(tmp_path, monkeypatch):
+    import anycost.train as tr
+
+    seen = []
+    real_create = tr.create_model
+
+    def spy_create(*a, **kw):  # records the dtype of every training-mode conv output
+        m = real_create(*a, **kw)
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                mod.register_forward_hook(lambda mod, i, o: seen.append(o.dtype) if mod.training else None)
+        return m
+
+    monkeypatch.setattr(tr, "create_model", spy_create)
+    rec = train(tiny_cfg(tmp_path, epochs=10, model="resnet8", model_kwargs={"widths": [8, 16, 32]}, batch_size=64,
+                         amp="bf16"))
+    assert seen and set(seen) == {torch.bfloat16}
+    w = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in w.values())
+    assert rec["config"]["amp"] == "bf16" and rec["results"]["final"]["val_acc"] > 80
+
+
+def test_unknown_amp_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="amp must be 'bf16'"):
+        train(tiny_cfg(tmp_path, amp="fp8"))

@@ -49,8 +49,10 @@ def cmd_train(a) -> int:
         a.data_dir = str(download_cifar(a.data_dir, ds))
     overrides = {"model": a.model, "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs,
                  "batch_size": a.batch_size, "lr": a.lr, "device": a.device, "threads": a.threads,
-                 "seed": a.seed, "compile": a.compile, "val_size": a.val_size, "init_from": a.init_from}
+                 "seed": a.seed, "compile": a.compile, "amp": a.amp, "val_size": a.val_size, "init_from": a.init_from}
     d.update({k: v for k, v in overrides.items() if v is not None})
+    if a.amp == "none":  # a recipe's bf16 switched off
+        d["amp"] = None
     d.update(_parse_set(a.set))
     if a.no_progress:
         d["progress"] = False
@@ -213,7 +215,7 @@ def cmd_bench(a) -> int:
         x = torch.randn(n, *meta["input_size"], generator=torch.Generator().manual_seed(0)).to(a.device)
         inputs = "random normal"
     cfg = BenchConfig(batch_size=a.batch_size, latency_runs=a.latency_runs, throughput_batches=a.batches,
-                      warmup=a.warmup, threads=a.threads)
+                      warmup=a.warmup, threads=a.threads, rounds=a.rounds)
     res = bench_model(model, x, ops, cfg)
     res["inputs"] = inputs
     name = _model_name(a.model, meta)
@@ -432,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--seed", type=int)
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the training step")
+    t.add_argument("--amp", choices=["bf16", "none"], help="bfloat16 autocast for the training forward (weights and "
+                                                   "evaluation stay float32; ~1.6x per step on an AVX512-BF16 CPU)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any TrainConfig field (repeatable)")
     t.add_argument("--init-from", help="start from a trained model (zoo name, .pt or run folder); its weights go "
                                        "into the new model's backbone, e.g. resnet20.cifar10 for ee_resnet20")
@@ -494,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which images to time on (with --data-dir)")
     b.add_argument("--batch-size", type=int, default=256, help="batch for throughput (default 256)")
     b.add_argument("--latency-runs", type=int, default=100, help="timed batch-1 calls per point")
-    b.add_argument("--batches", type=int, default=5, help="timed full batches per point")
+    b.add_argument("--batches", type=int, default=5, help="timed full batches per point and round")
+    b.add_argument("--rounds", type=int, default=3, help="batched timing rounds over all points (median counts)")
     b.add_argument("--warmup", type=int, default=10)
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     b.add_argument("--device", default="cpu")

@@ -36,6 +36,10 @@ class Entry:
     init_from: str | None = None
     members: list[str] = field(default_factory=list)  # cascades
     epochs: int | None = None  # at most this many (heads-only fine-tuning needs fewer); None: the recipe's
+    train_kw: dict = field(default_factory=dict)  # other TrainConfig fields that differ from the recipe (lr, amp)
+
+
+_BRANCH = {"exits": "2+5+8+13+17", "head": "branch", "distill": 0.5, "distill_temp": 3.0}
 
 
 def _static(names, tag):
@@ -64,6 +68,12 @@ SUITES = {
               {"mode": "joint", "exits": "stage", "distill": 0.5, "distill_temp": 3.0}),
         Entry("ee_resnet56_heads.cifar10", "ee", "early exit", "ee_resnet56", {"mode": "heads", "exits": "every3"},
               "resnet56.cifar10", epochs=10),
+        # BranchyNet-style heads at blocks 2, 5, 8, 13, 17 of 27 on the frozen zoo ResNet-56, then a joint
+        # fine-tune of the whole of it at peak lr 0.03 (both in bfloat16 autocast, on the CPU)
+        Entry("ee_resnet56_branch.cifar10", "ee", "early exit", "ee_resnet56", dict(_BRANCH, mode="heads"),
+              "resnet56.cifar10", epochs=15, train_kw={"amp": "bf16"}),
+        Entry("ee_resnet56_branch_joint.cifar10", "ee", "early exit", "ee_resnet56", dict(_BRANCH, mode="joint"),
+              "ee_resnet56_branch.cifar10", epochs=10, train_kw={"amp": "bf16", "lr": 0.03}),
         Entry("select_resnet8_resnet20_resnet56.cifar10", "cascade", "network selection",
               members=["resnet8.cifar10", "resnet20.cifar10", "resnet56.cifar10"]),
         Entry("select_resnet8_resnet14_resnet20_resnet32_resnet56.cifar10", "cascade", "network selection",
@@ -115,7 +125,7 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
         raise FileNotFoundError(f"{e.name} starts from {e.init_from}, which is not in the zoo yet")
     run = runs / e.name
     cfg = replace(base, model=e.model, model_kwargs=dict(e.kwargs), init_from=init, out_dir=str(run),
-                  epochs=min(e.epochs or base.epochs, base.epochs))
+                  epochs=min(e.epochs or base.epochs, base.epochs), **e.train_kw)
     say(f"  training {e.name} -> {run}")
     train(cfg, resume=(run / "last.pt").exists(), data=data)
     model, _ = load_model_file(run / "last.pt")

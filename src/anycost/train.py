@@ -1,7 +1,9 @@
 """A plain PyTorch training loop shared by every family.
 
 * SGD with Nesterov, one-cycle (linear warm-up, linear anneal) or cosine schedule, label
-  smoothing, channels_last, optional ``torch.compile`` for the training step.
+  smoothing, channels_last, optional ``torch.compile`` for the training step, optional
+  bfloat16 autocast (``amp="bf16"``: about 1.6x per ResNet-20 step on a 2-core AVX512-BF16
+  CPU; weights, optimizer state and evaluation stay float32, and bf16 needs no loss scaling).
 * A family plugs in by giving its model ``training_loss(x, y, criterion, progress)``
   returning ``(loss, logits)``; plain classifiers use cross-entropy on ``model(x)``.
 * A run folder holds ``record.json`` (config, commit, seed, hardware, per-epoch metrics)
@@ -59,6 +61,7 @@ class TrainConfig:
     pad: int | None = None  # crop padding; None: image side / 8 (4 px on CIFAR, 1 px on 8x8 digits)
     channels_last: bool = True
     compile: bool = False  # torch.compile the training step (about 1.35x on a 2-core CPU)
+    amp: str | None = None  # "bf16": bfloat16 autocast for the forward and loss; None: float32
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -84,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be onecycle or cosine, got '{self.schedule}'")
         if not 0 <= self.warmup < 1:
             raise ValueError("warmup is a fraction in [0, 1)")
+        if self.amp not in (None, "bf16"):
+            raise ValueError(f"amp must be 'bf16' or None (float32), got '{self.amp}'")
 
 
 def list_recipes() -> list[str]:
@@ -129,12 +134,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def init_weights(model: nn.Module, spec: str) -> None:
-    """Start from a trained model: its weights go into ``model.backbone`` when the model has
-    one (multi-exit, LC-Net, ...), else into the model itself. Shapes must match exactly."""
+    """Start from a trained model: a model of the same class gives all its weights (e.g. a
+    joint fine-tune of a two-stage multi-exit run, heads included); otherwise its weights go
+    into ``model.backbone`` when the model has one (multi-exit, LC-Net, ...), else into the
+    model itself. Shapes must match exactly."""
     from anycost.zoo import resolve_model
 
     src, _ = resolve_model(spec)
-    target = getattr(model, "backbone", model)
+    target = model if type(src) is type(model) else getattr(model, "backbone", model)
     load_state_dict_strict(target, src.state_dict(), f"init_from '{spec}'")
 
 
@@ -229,13 +236,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
                        disable=not (cfg.progress and info.is_main), leave=False, dynamic_ncols=True)
             for i, (x, y) in enumerate(bar):
                 step = epoch * steps_per_epoch + i
-                if ddp is not None:
-                    loss, logits = ddp(x, y, step / total_steps)
-                elif family_loss is not None:
-                    loss, logits = family_loss(x, y, criterion=criterion, progress=step / total_steps)
-                else:
-                    logits = step_fn(x)
-                    loss = criterion(logits, y)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+                    if ddp is not None:
+                        loss, logits = ddp(x, y, step / total_steps)
+                    elif family_loss is not None:
+                        loss, logits = family_loss(x, y, criterion=criterion, progress=step / total_steps)
+                    else:
+                        logits = step_fn(x)
+                        loss = criterion(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

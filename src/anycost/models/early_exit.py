@@ -5,7 +5,13 @@ Our design where the paper's abstract is silent:
   named block indices (``"1+3"``), or any union (``"stage+1+3"``); the backbone's own
   pooling + linear layer is the last exit;
 * an exit head is conv3x3 (stride 2 while the map is 16x16 or larger) -> BN -> ReLU ->
-  global average pooling -> linear: a few percent of the backbone's MACs each;
+  global average pooling -> linear: a few percent of the backbone's MACs each
+  (``head="light"``). ``head="branch"`` is a BranchyNet-style side branch instead: stride-2
+  conv-BN-ReLU layers that double the channels until the map has the last stage's size
+  and width, one more conv-BN-ReLU there, then pooling -> linear. An exit early in the
+  backbone then sees features processed about as deeply as a small static network's,
+  for about one residual block's MACs (why: on a frozen ResNet-56, a light head after
+  block 2 is right on 55 % of inputs, which leaves nothing to exit early);
 * ``infer(x, op)`` really exits: after each exit the policy decides, the inputs that stop
   leave the batch (``BatchRouter``), and only the rest run on. Per-input MACs are the
   blocks and heads an input went through plus its policy decisions, each unit's cost
@@ -44,6 +50,26 @@ class ExitHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(h))), 1), 1))
+
+
+class BranchHead(nn.Module):
+    """Side branch from a (in_ch, spatial, spatial) map to the last stage's (out_ch, out_hw):
+    stride-2 conv-BN-ReLU steps that double the channels (capped at out_ch), then one
+    stride-1 conv-BN-ReLU, global average pooling and a linear classifier."""
+
+    def __init__(self, in_ch: int, num_classes: int, spatial: int, out_ch: int, out_hw: int):
+        super().__init__()
+        layers, c, h = [], in_ch, spatial
+        while h > out_hw:
+            nc = min(2 * c, out_ch)
+            layers += [nn.Conv2d(c, nc, 3, 2, 1, bias=False), nn.BatchNorm2d(nc), nn.ReLU(inplace=True)]
+            c, h = nc, -(-h // 2)
+        layers += [nn.Conv2d(c, out_ch, 3, 1, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(out_ch, num_classes)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.body(h), 1), 1))
 
 
 def _exit_positions(spec: str, blocks_per_stage: int, n_stages: int) -> list[int]:
@@ -126,8 +152,10 @@ class _MultiExitBase(nn.Module):
 class MultiExitResNet(_MultiExitBase):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths=(16, 32, 64),
                  exits: str = "stage", exit_weights: list[float] | None = None, mode: str = "joint",
-                 input_hw: int = 32, distill: float = 0.0, distill_temp: float = 3.0):
+                 input_hw: int = 32, distill: float = 0.0, distill_temp: float = 3.0, head: str = "light"):
         super().__init__()
+        if head not in ("light", "branch"):
+            raise ValueError(f"head must be 'light' or 'branch', got '{head}'")
         if not 0.0 <= distill <= 1.0 or distill_temp <= 0:
             raise ValueError(f"distill must lie in [0, 1] and distill_temp be > 0, got {distill}, {distill_temp}")
         self.distill, self.distill_temp = float(distill), float(distill_temp)
@@ -141,7 +169,12 @@ class MultiExitResNet(_MultiExitBase):
         for b in blocks:
             h = -(-h // b.stride)
             shapes.append((b.planes, h, h))
-        self.heads = nn.ModuleList(ExitHead(shapes[p][0], num_classes, shapes[p][1]) for p in self.exit_after)
+        if head == "light":
+            self.heads = nn.ModuleList(ExitHead(shapes[p][0], num_classes, shapes[p][1]) for p in self.exit_after)
+        else:
+            last_c, last_hw = shapes[-1][0], shapes[-1][1]
+            self.heads = nn.ModuleList(BranchHead(shapes[p][0], num_classes, shapes[p][1], last_c, last_hw)
+                                       for p in self.exit_after)
         self.num_exits = len(self.exit_after) + 1
         w = exit_weights or [0.5 + 0.5 * (i + 1) / self.num_exits for i in range(self.num_exits)]
         if len(w) != self.num_exits:
