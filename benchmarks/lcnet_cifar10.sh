@@ -24,6 +24,20 @@ for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do
   anycost bench $name --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
 done
 
+# L-Net on ResNet-56 (the deeper backbone has blocks to spare): 8 epochs from the zoo
+# resnet56 at peak lr 0.05, target 50 %, cost weight 8, batch-mean penalty, gate_l2 0.01, bf16
+if [ "${LNET56:-1}" = 1 ]; then
+  name=lnet_resnet56.cifar10
+  run=runs/cifar10-cpu/lnet_resnet56
+  flag=""; [ -f $run/last.pt ] && flag=--resume
+  anycost train lnet_resnet56 --recipe cpu --data-dir "$DATA" --epochs 8 --init-from resnet56.cifar10 --amp bf16 \
+    --set 'model_kwargs={"target": 0.5, "lam": 8, "penalty": "batch", "gate_l2": 0.01}' --set lr=0.05 --out $run $flag
+  cp $run/record.json $R/train/$name.json
+  anycost export $run --name $name
+  anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
+  anycost bench $name --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
+fi
+
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 lc=$(ls $R/eval/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10-holdout.json $R/eval/lnet_resnet20.cifar10-gatel2-001-e20-holdout.json 2>/dev/null)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale

@@ -155,3 +155,20 @@ def test_gate_l2_charges_the_squared_gate_logits():
         gates = m.forward_train(x)[2]
     assert gates.shape == (4, sum(1 + b.planes for b in m.blocks_list))
     assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * gates.pow(2).mean().item(), rel=1e-4)
+
+
+def test_target_ramp_eases_the_budget_in():
+    m = tiny(dict(layers=True, channels=False), target=0.4, lam=4.0, target_ramp=0.5).train()
+    t = torch.full((3,), 0.4)
+    assert torch.allclose(m.ramped(t, 0.0), torch.ones(3))  # start: the whole backbone is within budget
+    assert torch.allclose(m.ramped(t, 0.25), torch.full((3,), 0.7))
+    assert torch.allclose(m.ramped(t, 0.5), t) and torch.allclose(m.ramped(t, 0.9), t)
+    x, y = varied(16), torch.arange(16) % 10
+    ce = torch.nn.CrossEntropyLoss()
+    losses = []
+    for progress in (0.0, 1.0):  # same Gumbel noise, same decisions: only the budget differs
+        torch.manual_seed(0)
+        losses.append(m.training_loss(x, y, ce, progress=progress)[0].item())
+    assert losses[0] < losses[1]  # the fresh model (all gates open) pays for overshooting only at the end
+    with pytest.raises(ValueError, match="target_ramp"):
+        tiny(dict(layers=True, channels=False), target_ramp=1.5)
