@@ -36,17 +36,20 @@ if [ "${LNET56:-1}" = 1 ]; then
   anycost export $run --name $name
   anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
   anycost bench $name --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
+  python benchmarks/lcnet_gates.py $name --data-dir "$DATA" > benchmarks/lcnet_gates_resnet56.txt
 fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 lc=$(ls $R/eval/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10-holdout.json $R/eval/lnet_resnet20.cifar10-gatel2-001-e20-holdout.json 2>/dev/null)
+lc56=$(ls $R/eval/lnet_resnet56.cifar10-holdout.json 2>/dev/null || true)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
-anycost plot $static $others $lc -o benchmarks/lcnet_cifar10.png --exclude '*fixed exit' --exclude '*oracle*' \
+anycost plot $static $others $lc $lc56 -o benchmarks/lcnet_cifar10.png --exclude '*fixed exit' --exclude '*oracle*' \
   --title "CIFAR-10: LC-Net variants vs static ResNets and selection (holdout)"
 {
   anycost report $static $lc --summary --reference resnet20.cifar10
   echo
-  anycost report $static $lc $(ls $R/bench/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10.json $R/bench/lnet_resnet20_gl.cifar10.json 2>/dev/null)
+  if [ -n "$lc56" ]; then anycost report $static $lc56 --summary --reference resnet56.cifar10; echo; fi
+  anycost report $static $lc $lc56 $(ls $R/bench/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10.json $R/bench/lnet_resnet20_gl.cifar10.json $R/bench/lnet_resnet56.cifar10.json 2>/dev/null)
 } > benchmarks/lcnet_cifar10.md
 python benchmarks/lcnet_gates.py $(for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do [ $v = lcnet_cond ] || echo ${v}_resnet20.cifar10; done) \
   --data-dir "$DATA" > benchmarks/lcnet_gates.txt
