@@ -10,33 +10,28 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 R=benchmarks/records
 mkdir -p $R/eval $R/bench $R/train
-for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do
-  name=${v}_resnet20.cifar10
-  run=runs/cifar10-cpu/${v}_resnet20
-  lam=${LC_LAM:-2}
-  kw="{\"target\": 0.5, \"lam\": $lam}"; [ $v = lcnet_cond ] && kw="{\"lam\": $lam}"
-  flag=""; [ -f $run/last.pt ] && flag=--resume
-  anycost train ${v}_resnet20 --recipe cpu --data-dir "$DATA" --epochs ${LC_EPOCHS:-5} --init-from resnet20.cifar10 \
-    --set "model_kwargs=$kw" --set lr=${LC_LR:-0.1} --out $run $flag
+lc_model() {  # model run-dir zoo-name train-args...: train (resumable), export, eval on holdout, bench
+  local model=$1 run=$2 name=$3; shift 3
+  local flag=""; [ -f $run/last.pt ] && flag=--resume
+  anycost train $model --recipe cpu --data-dir "$DATA" "$@" --out $run $flag
   cp $run/record.json $R/train/$name.json
   anycost export $run --name $name
   anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
   anycost bench $name --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
+}
+for v in ${VARIANTS:-lnet cnet lcnet lcnet_cond}; do
+  lam=${LC_LAM:-2}
+  kw="{\"target\": 0.5, \"lam\": $lam}"; [ $v = lcnet_cond ] && kw="{\"lam\": $lam}"
+  lc_model ${v}_resnet20 runs/cifar10-cpu/${v}_resnet20 ${v}_resnet20.cifar10 \
+    --epochs ${LC_EPOCHS:-5} --init-from resnet20.cifar10 --set "model_kwargs=$kw" --set lr=${LC_LR:-0.1}
 done
 
 # L-Net on ResNet-56 (the deeper backbone has blocks to spare): 8 epochs from the zoo
 # resnet56 at peak lr 0.05, target 50 %, cost weight 8, batch-mean penalty, gate_l2 0.01, bf16
 if [ "${LNET56:-1}" = 1 ]; then
-  name=lnet_resnet56.cifar10
-  run=runs/cifar10-cpu/lnet_resnet56
-  flag=""; [ -f $run/last.pt ] && flag=--resume
-  anycost train lnet_resnet56 --recipe cpu --data-dir "$DATA" --epochs 8 --init-from resnet56.cifar10 --amp bf16 \
-    --set 'model_kwargs={"target": 0.5, "lam": 8, "penalty": "batch", "gate_l2": 0.01}' --set lr=0.05 --out $run $flag
-  cp $run/record.json $R/train/$name.json
-  anycost export $run --name $name
-  anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
-  anycost bench $name --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
-  python benchmarks/lcnet_gates.py $name --data-dir "$DATA" > benchmarks/lcnet_gates_resnet56.txt
+  lc_model lnet_resnet56 runs/cifar10-cpu/lnet_resnet56 lnet_resnet56.cifar10 --epochs 8 --init-from resnet56.cifar10 \
+    --amp bf16 --set 'model_kwargs={"target": 0.5, "lam": 8, "penalty": "batch", "gate_l2": 0.01}' --set lr=0.05
+  python benchmarks/lcnet_gates.py lnet_resnet56.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_resnet56.txt
 fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
