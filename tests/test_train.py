@@ -112,3 +112,53 @@ def test_bf16_autocast_trains_in_bf16_and_keeps_float32_weights(tmp_path, monkey
 def test_unknown_amp_is_refused(tmp_path):
     with pytest.raises(ValueError, match="amp must be 'bf16'"):
         train(tiny_cfg(tmp_path, amp="fp8"))
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it():
+    from anycost.train import distillation_loss
+
+    t = torch.randn(8, 10)
+    assert distillation_loss(t.clone(), t, 4.0).abs() < 1e-5
+    s = torch.randn(8, 10, requires_grad=True)
+    loss = distillation_loss(s, t, 4.0)
+    assert loss > 0
+    loss.backward()
+    with torch.no_grad():  # a small step against the gradient moves the student towards the teacher
+        assert distillation_loss(s - 0.5 * s.grad, t, 4.0) < loss
+    with pytest.raises(ValueError, match="differ"):
+        distillation_loss(torch.randn(8, 10), torch.randn(8, 5), 4.0)
+
+
+def test_training_with_a_teacher_distils_and_resumes(tmp_path):
+    """A student distilled from a trained teacher (a run folder) trains, records the teacher,
+    resumes to the same weights, and a different teacher weight refuses to resume. The
+    distillation term changes training: weights differ from the same run without it."""
+    train(tiny_cfg(tmp_path / "teacher", epochs=2))
+    kw = dict(teacher=str(tmp_path / "teacher"), distill=2.0)
+    ref = train(tiny_cfg(tmp_path / "ref", **kw))
+    assert ref["config"]["teacher"] == str(tmp_path / "teacher") and ref["results"]["final"]["val_acc"] > 30
+    w_ref = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["model"]
+
+    def kill(step):
+        if step == 15:
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        train(tiny_cfg(tmp_path / "killed", **kw), on_step=kill)
+    train(tiny_cfg(tmp_path / "killed", **kw), resume=True)
+    w = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(w[k], w_ref[k]) for k in w)
+    with pytest.raises(CheckpointError, match="'distill'"):
+        train(tiny_cfg(tmp_path / "killed", teacher=kw["teacher"], distill=1.0), resume=True)
+    train(tiny_cfg(tmp_path / "plain"))
+    w_plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)["model"]
+    assert not all(torch.equal(w_plain[k], w_ref[k]) for k in w)
+
+
+def test_distillation_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="teacher and a weight"):
+        train(tiny_cfg(tmp_path, distill=1.0))
+    with pytest.raises(ValueError, match="teacher and a weight"):
+        train(tiny_cfg(tmp_path, teacher="resnet20.cifar10"))
+    with pytest.raises(ValueError, match="10 classes, the data has|normalisation"):
+        train(tiny_cfg(tmp_path, dataset="digits", teacher="resnet20.cifar10", distill=1.0))

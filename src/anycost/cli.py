@@ -49,8 +49,11 @@ def cmd_train(a) -> int:
         a.data_dir = str(download_cifar(a.data_dir, ds))
     overrides = {"model": a.model, "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs,
                  "batch_size": a.batch_size, "lr": a.lr, "device": a.device, "threads": a.threads,
-                 "seed": a.seed, "compile": a.compile, "amp": a.amp, "val_size": a.val_size, "init_from": a.init_from}
+                 "seed": a.seed, "compile": a.compile, "amp": a.amp, "val_size": a.val_size, "init_from": a.init_from,
+                 "teacher": a.teacher, "distill": a.distill}
     d.update({k: v for k, v in overrides.items() if v is not None})
+    if a.teacher and a.distill is None and not d.get("distill"):
+        d["distill"] = 1.0
     if a.amp == "none":  # a recipe's bf16 switched off
         d["amp"] = None
     d.update(_parse_set(a.set))
@@ -439,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any TrainConfig field (repeatable)")
     t.add_argument("--init-from", help="start from a trained model (zoo name, .pt or run folder); its weights go "
                                        "into the new model's backbone, e.g. resnet20.cifar10 for ee_resnet20")
+    t.add_argument("--teacher", help="distil from this frozen model (zoo name, .pt or run folder), e.g. the "
+                                     "unpruned resnet56.cifar10 while fine-tuning lnet_resnet56")
+    t.add_argument("--distill", type=float, help="weight of the distillation term T^2 KL(teacher || student) added "
+                                                 "to the loss (default 1 with --teacher); --set distill_temp=T sets T (4)")
     t.add_argument("--out", help="run folder (default: runs/MODEL-DATASET-RECIPE-sSEED)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")

@@ -6,6 +6,13 @@
   CPU; weights, optimizer state and evaluation stay float32, and bf16 needs no loss scaling).
 * A family plugs in by giving its model ``training_loss(x, y, criterion, progress)``
   returning ``(loss, logits)``; plain classifiers use cross-entropy on ``model(x)``.
+* Optional knowledge distillation from a frozen teacher (``teacher`` = zoo name, checkpoint
+  or run folder; ``distill`` = weight): ``distill * T^2 * KL(softmax(t/T) || softmax(s/T))``
+  on the logits is added to whatever loss the family returns, so cost penalties and
+  per-exit weights are untouched. The typical use is a fine-tune that prunes a trained model
+  (LC-Net from its ResNet), where the unpruned model is the teacher that keeps the pruned
+  one close to the function it started from. The teacher is re-read on ``resume``, so it
+  never drifts with the student.
 * A run folder holds ``record.json`` (config, commit, seed, hardware, per-epoch metrics)
   and ``last.pt``, written atomically after every epoch. ``resume=True`` restores model,
   optimizer, scheduler and every RNG stream, so a run killed mid-epoch ends with the same
@@ -25,6 +32,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anycost.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_atomic
@@ -69,6 +77,9 @@ class TrainConfig:
     out_dir: str = "runs/train"
     progress: bool = True
     init_from: str | None = None  # zoo name, checkpoint or run folder whose weights start the (back)bone
+    teacher: str | None = None  # zoo name, checkpoint or run folder of a frozen teacher to distil from
+    distill: float = 0.0  # weight of the distillation term (needs a teacher)
+    distill_temp: float = 4.0  # softmax temperature of the distillation term
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -89,6 +100,10 @@ class TrainConfig:
             raise ValueError("warmup is a fraction in [0, 1)")
         if self.amp not in (None, "bf16"):
             raise ValueError(f"amp must be 'bf16' or None (float32), got '{self.amp}'")
+        if self.distill < 0 or self.distill_temp <= 0:
+            raise ValueError("distill must be >= 0 and distill_temp > 0")
+        if bool(self.teacher) != (self.distill > 0):
+            raise ValueError("distillation needs both a teacher and a weight distill > 0")
 
 
 def list_recipes() -> list[str]:
@@ -145,6 +160,37 @@ def init_weights(model: nn.Module, spec: str) -> None:
     load_state_dict_strict(target, src.state_dict(), f"init_from '{spec}'")
 
 
+def load_teacher(spec: str, device: torch.device, data, channels_last: bool) -> nn.Module:
+    """A frozen teacher in eval mode (BN statistics fixed, no gradients). It sees the
+    student's normalised batches, so it must have been trained on the same classes and
+    with the same normalisation."""
+    from anycost.zoo import resolve_model
+
+    teacher, meta = resolve_model(spec)
+    n = meta.get("num_classes")
+    if n is not None and n != data.num_classes:
+        raise ValueError(f"teacher '{spec}' predicts {n} classes, the data has {data.num_classes}")
+    norm = meta.get("normalization")
+    if norm and not (torch.allclose(torch.tensor(norm["mean"]), torch.tensor(data.mean), atol=1e-4)
+                     and torch.allclose(torch.tensor(norm["std"]), torch.tensor(data.std), atol=1e-4)):
+        raise ValueError(f"teacher '{spec}' was trained with normalisation {norm}, the data uses "
+                         f"mean {data.mean}, std {data.std}")
+    teacher.eval().requires_grad_(False).to(device)
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temp: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), batch mean, in float32 (Hinton et
+    al. 2015; T^2 keeps the gradient scale independent of T). Both (B, K)."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
+    s = F.log_softmax(student.float() / temp, 1)
+    t = F.log_softmax(teacher.float() / temp, 1)
+    return temp * temp * F.kl_div(s, t, reduction="batchmean", log_target=True)
+
+
 class StopTraining(Exception):
     """Raised by an ``on_step`` callback to stop a run (tests simulate a kill with it)."""
 
@@ -196,9 +242,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
         if ck.get("format") != CKPT_FORMAT:
             raise CheckpointError(f"{ckpt_path}: not an anycost training checkpoint")
         old = ck["config"]
-        for key in ("model", "model_kwargs", "dataset", "batch_size", "epochs", "seed", "split_seed", "val_size"):
-            if old.get(key) != getattr(cfg, key):
-                raise CheckpointError(f"cannot resume: '{key}' was {old.get(key)!r}, now {getattr(cfg, key)!r}")
+        defaults = {"teacher": None, "distill": 0.0}  # keys older checkpoints lack
+        for key in ("model", "model_kwargs", "dataset", "batch_size", "epochs", "seed", "split_seed", "val_size",
+                    "teacher", "distill"):
+            was = old.get(key, defaults.get(key))
+            if was != getattr(cfg, key):
+                raise CheckpointError(f"cannot resume: '{key}' was {was!r}, now {getattr(cfg, key)!r}")
         load_state_dict_strict(model, ck["model"], str(ckpt_path))
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -207,6 +256,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
         start_epoch, history, train_seconds = ck["epoch"], ck["history"], ck.get("train_seconds", 0.0)
 
     step_fn = torch.compile(model) if cfg.compile else model
+    teacher = load_teacher(cfg.teacher, device, data, cfg.channels_last) if cfg.teacher else None
     family_loss = getattr(model, "training_loss", None)
     ddp = None
     if info.enabled:
@@ -244,6 +294,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
                     else:
                         logits = step_fn(x)
                         loss = criterion(logits, y)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_logits = teacher(x)
+                        loss = loss + cfg.distill * distillation_loss(logits, t_logits, cfg.distill_temp)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
