@@ -115,7 +115,7 @@ def test_unknown_amp_is_refused(tmp_path):
 
 
 def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it():
-    from anycost.train import distillation_loss
+    from anycost.losses import distillation_loss
 
     t = torch.randn(8, 10)
     assert distillation_loss(t.clone(), t, 4.0).abs() < 1e-5
@@ -160,5 +160,5 @@ def test_distillation_config_errors(tmp_path):
         train(tiny_cfg(tmp_path, distill=1.0))
     with pytest.raises(ValueError, match="teacher and a weight"):
         train(tiny_cfg(tmp_path, teacher="resnet20.cifar10"))
-    with pytest.raises(ValueError, match="10 classes, the data has|normalisation"):
+    with pytest.raises(ValueError, match="normalisation"):
         train(tiny_cfg(tmp_path, dataset="digits", teacher="resnet20.cifar10", distill=1.0))

@@ -32,7 +32,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anycost.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_atomic
@@ -41,6 +40,7 @@ from anycost.distributed import LossModule, all_reduce_sums, convert_batchnorm
 from anycost.distributed import setup as dist_setup
 from anycost.distributed import teardown as dist_teardown
 from anycost.eval import evaluate_classifier
+from anycost.losses import distillation_loss
 from anycost.models import create_model
 from anycost.records import git_commit, make_record, write_json_atomic
 
@@ -179,16 +179,6 @@ def load_teacher(spec: str, device: torch.device, data, channels_last: bool) -> 
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     return teacher
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temp: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), batch mean, in float32 (Hinton et
-    al. 2015; T^2 keeps the gradient scale independent of T). Both (B, K)."""
-    if student.shape != teacher.shape:
-        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
-    s = F.log_softmax(student.float() / temp, 1)
-    t = F.log_softmax(teacher.float() / temp, 1)
-    return temp * temp * F.kl_div(s, t, reduction="batchmean", log_target=True)
 
 
 class StopTraining(Exception):

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from anycost.cost import DynamicOutput, module_macs
 from anycost.eval import OperatingPoint
+from anycost.losses import distillation_loss
 from anycost.policies import ExitCache, decide
 from anycost.routing import BatchRouter
 
@@ -109,10 +110,9 @@ class _MultiExitBase(nn.Module):
         alpha, t = getattr(self, "distill", 0.0), getattr(self, "distill_temp", 1.0)
         if alpha > 0:
             # the teacher is detached: distillation trains the early exits only
-            teacher = F.softmax(outs[-1].detach().float() / t, dim=1)  # (B, classes)
+            teacher = outs[-1].detach()  # (B, classes)
             for i, o in enumerate(outs[:-1]):
-                kd = F.kl_div(F.log_softmax(o.float() / t, dim=1), teacher, reduction="batchmean") * t * t
-                losses[i] = (1 - alpha) * losses[i] + alpha * kd
+                losses[i] = (1 - alpha) * losses[i] + alpha * distillation_loss(o, teacher, t)
         # a plain weighted sum, not a weighted mean: the last exit's loss keeps the weight (1)
         # it has in a static network, so the recipe's learning rate and weight decay mean the
         # same. (Dividing by sum(w) ~ 4 cut the backbone's data gradient 4x against a fixed
