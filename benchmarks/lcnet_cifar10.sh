@@ -28,9 +28,10 @@ done
 
 # L-Net on ResNet-56 (the deeper backbone has blocks to spare): 8 epochs from the zoo
 # resnet56 at peak lr 0.05, target 50 %, cost weight 8, batch-mean penalty, gate_l2 0.01, bf16
+R56=(--epochs 8 --init-from resnet56.cifar10 --amp bf16
+     --set 'model_kwargs={"target": 0.5, "lam": 8, "penalty": "batch", "gate_l2": 0.01}' --set lr=0.05)
 if [ "${LNET56:-1}" = 1 ]; then
-  lc_model lnet_resnet56 runs/cifar10-cpu/lnet_resnet56 lnet_resnet56.cifar10 --epochs 8 --init-from resnet56.cifar10 \
-    --amp bf16 --set 'model_kwargs={"target": 0.5, "lam": 8, "penalty": "batch", "gate_l2": 0.01}' --set lr=0.05
+  lc_model lnet_resnet56 runs/cifar10-cpu/lnet_resnet56 lnet_resnet56.cifar10 "${R56[@]}"
   python benchmarks/lcnet_gates.py lnet_resnet56.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_resnet56.txt
 fi
 
@@ -38,8 +39,7 @@ fi
 # resnet56 (weight 2, T 4): the L-Net above ended 1.6 pt below its backbone with every block
 # on, so the teacher is there to keep the fine-tuned net near the function it started from
 for v in ${VARIANTS56_KD:-lnet cnet lcnet}; do
-  lc_model ${v}_resnet56 runs/cifar10-cpu/${v}_resnet56_kd ${v}_resnet56_kd.cifar10 --epochs 8 --init-from resnet56.cifar10 \
-    --amp bf16 --set 'model_kwargs={"target": 0.5, "lam": 8, "penalty": "batch", "gate_l2": 0.01}' --set lr=0.05 \
+  lc_model ${v}_resnet56 runs/cifar10-cpu/${v}_resnet56_kd ${v}_resnet56_kd.cifar10 "${R56[@]}" \
     --teacher resnet56.cifar10 --distill 2
   python benchmarks/lcnet_gates.py ${v}_resnet56_kd.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_${v}_resnet56_kd.txt
 done
