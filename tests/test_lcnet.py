@@ -172,3 +172,47 @@ def test_target_ramp_eases_the_budget_in():
     assert losses[0] < losses[1]  # the fresh model (all gates open) pays for overshooting only at the end
     with pytest.raises(ValueError, match="target_ramp"):
         tiny(dict(layers=True, channels=False), target_ramp=1.5)
+
+
+def test_lcnet_starts_from_a_trained_lnet_as_that_lnet():
+    """Staged LC-Net: from an L-Net, the backbone and layer decisions carry over and the new
+    channel decisions start as 'keep all at scale 1', so the two compute the same function;
+    a C-Net carries its channel rows over; other mismatches stay clear errors."""
+    from anycost.checkpoint import CheckpointError
+
+    lnet = _randomise_predictors(tiny(dict(layers=True, channels=False)))
+    lc = tiny(dict(layers=True, channels=True))
+    lc.init_from_trained(lnet)
+    lc.eval()
+    x = varied(16)
+    for tau in (0.3, 0.5, 0.9):
+        op = OperatingPoint("t", {"tau": tau})
+        a, b = lnet.infer(x, op), lc.infer(x, op)
+        assert torch.allclose(a.logits, b.logits, atol=1e-5)
+        assert torch.equal(a.path, b.path)  # blocks skipped per input
+        # the same blocks run; only the larger predictors cost more
+        extra = sum(q - p for p, q in zip(lnet.pred_macs, lc.pred_macs))
+        assert torch.allclose(b.macs, a.macs + extra)
+    cnet = _randomise_predictors(tiny(dict(layers=False, channels=True)))
+    lc2 = tiny(dict(layers=True, channels=True))
+    lc2.init_from_trained(cnet)
+    for p, q in zip(lc2.predictors, cnet.predictors):
+        assert torch.equal(p.fc2.weight[p.rows("channels")], q.fc2.weight)
+        assert torch.equal(p.fc2.bias[:2], torch.tensor([3.0, 0.0]))  # fresh layer rows: execute
+    with pytest.raises(CheckpointError, match="does not match"):
+        tiny(dict(layers=True, channels=True, conditioned=True)).init_from_trained(lnet)
+    with pytest.raises(CheckpointError, match="does not match"):
+        create_model("lcnet_resnet20").init_from_trained(lnet)
+
+
+def test_staged_training_from_an_lnet_run(tmp_path, digits):
+    """--init-from a trained L-Net run folder reaches init_from_trained, and an LC-Net trains from it."""
+    from anycost.train import init_weights
+
+    lnet = _train(tmp_path / "l", {"widths": [8, 16, 32], "channels": False}, digits, epochs=1).eval()
+    lc = tiny(dict(layers=True, channels=True))
+    init_weights(lc, str(tmp_path / "l"))
+    x = varied(8)
+    assert torch.allclose(lc.eval().infer(x).logits, lnet.infer(x).logits, atol=1e-5)
+    m = _train(tmp_path / "lc", {"widths": [8, 16, 32]}, digits, epochs=1, init_from=str(tmp_path / "l"))
+    assert m.layers and m.channels

@@ -152,10 +152,14 @@ def init_weights(model: nn.Module, spec: str) -> None:
     """Start from a trained model: a model of the same class gives all its weights (e.g. a
     joint fine-tune of a two-stage multi-exit run, heads included); otherwise its weights go
     into ``model.backbone`` when the model has one (multi-exit, LC-Net, ...), else into the
-    model itself. Shapes must match exactly."""
+    model itself. Shapes must match exactly. A model with ``init_from_trained`` takes a
+    trained model of its own class its own way (an LC-Net from a trained L-Net)."""
     from anycost.zoo import resolve_model
 
     src, _ = resolve_model(spec)
+    if type(src) is type(model) and hasattr(model, "init_from_trained"):
+        model.init_from_trained(src)  # the family decides what carries over (L-Net -> LC-Net)
+        return
     target = model if type(src) is type(model) else getattr(model, "backbone", model)
     load_state_dict_strict(target, src.state_dict(), f"init_from '{spec}'")
 

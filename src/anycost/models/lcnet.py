@@ -112,6 +112,11 @@ class BlockPredictor(nn.Module):
     def forward(self, pooled: Tensor) -> Tensor:
         return self.fc2(F.relu(self.fc1(pooled)))
 
+    def rows(self, part: str) -> slice:
+        """fc2 output rows of 'layers' (logit, scale) or 'channels' (C logits, C scales)."""
+        b = 2 if self.layers else 0
+        return slice(0, 2) if part == "layers" else slice(b, b + 2 * self.c_mid)
+
     def split(self, out: Tensor):
         """-> (layer logit (B,), layer scale (B,), channel logits (B, C), channel scales (B, C)) or Nones."""
         b = 0
@@ -171,6 +176,35 @@ class LCResNet(nn.Module):
         self.train(was)
         self.always_macs = self.stem_macs + self.head_macs + sum(self.shortcut_macs)  # paid by every input
         self.full_macs = self.always_macs + sum(self.conv1_macs) + sum(self.conv2_macs)
+
+    @torch.no_grad()
+    def init_from_trained(self, src: "LCResNet") -> None:
+        """Start from a trained LC-Net family member, e.g. an LC-Net from a trained L-Net (our
+        staged training: joint training let the layer gates take the whole budget and left
+        every channel on). The backbone and each predictor's hidden layer carry over whole;
+        the output rows carry over for the decisions both models make (layer rows, channel
+        rows); the new rows keep their "execute everything" biases with zero weights, so the
+        new model starts as the source model (fc1 still gets gradients through the carried
+        rows). Same flags: a plain strict load."""
+        from anycost.checkpoint import CheckpointError, load_state_dict_strict
+
+        if (src.layers, src.channels) == (self.layers, self.channels) or src.conditioned != self.conditioned:
+            load_state_dict_strict(self, src.state_dict(), "init_from")  # a mismatch is a clear error there
+            return
+        load_state_dict_strict(self.backbone, src.backbone.state_dict(), "init_from backbone")
+        if len(src.predictors) != len(self.predictors):
+            raise CheckpointError("init_from: the LC-Nets have different numbers of blocks")
+        for mine, theirs in zip(self.predictors, src.predictors):
+            load_state_dict_strict(mine.fc1, theirs.fc1.state_dict(), "init_from predictor")
+            for part in ("layers", "channels"):
+                if not getattr(mine, part):
+                    continue
+                a = mine.rows(part)
+                if getattr(theirs, part):
+                    mine.fc2.weight[a] = theirs.fc2.weight[b := theirs.rows(part)]
+                    mine.fc2.bias[a] = theirs.fc2.bias[b]
+                else:  # new decisions start input-independent: keep (logit 3), scale exactly 1
+                    mine.fc2.weight[a] = 0.0
 
     @classmethod
     def from_torchvision(cls, net: nn.Module, input_hw: int = 224, **kw) -> "LCResNet":
