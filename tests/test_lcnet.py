@@ -216,3 +216,11 @@ def test_staged_training_from_an_lnet_run(tmp_path, digits):
     assert torch.allclose(lc.eval().infer(x).logits, lnet.infer(x).logits, atol=1e-5)
     m = _train(tmp_path / "lc", {"widths": [8, 16, 32]}, digits, epochs=1, init_from=str(tmp_path / "l"))
     assert m.layers and m.channels
+
+
+def test_channel_init_sets_the_channel_gates_starting_logit():
+    m = tiny(dict(layers=True, channels=True), channel_init=1.5)
+    for p, blk in zip(m.predictors, m.blocks_list):
+        c = p.rows("channels")
+        assert torch.all(p.fc2.bias[c][:blk.planes] == 1.5) and torch.all(p.fc2.bias[c][blk.planes:] == 0)
+        assert p.fc2.bias[0] == 3.0  # the layer gate keeps its own start
