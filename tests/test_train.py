@@ -5,6 +5,7 @@ import torch
 
 from anycost.checkpoint import CheckpointError, load_checkpoint
 from anycost.train import StopTraining, TrainConfig, load_recipe, list_recipes, train
+from anycost.models import create_model
 
 
 def tiny_cfg(out, **kw):
@@ -162,3 +163,21 @@ def test_distillation_config_errors(tmp_path):
         train(tiny_cfg(tmp_path, teacher="resnet20.cifar10"))
     with pytest.raises(ValueError, match="normalisation"):
         train(tiny_cfg(tmp_path, dataset="digits", teacher="resnet20.cifar10", distill=1.0))
+
+
+def test_lr_mult_gives_named_parameters_their_own_learning_rate():
+    from anycost.train import param_groups
+
+    m = create_model("test_lcnet", num_classes=10, in_chans=1)
+    groups = param_groups(m, 5e-4, 0.1, {"predictors": 10})
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    for name, p in m.named_parameters():
+        g = by_id[id(p)]
+        assert g["lr"] == pytest.approx(1.0 if name.startswith("predictors") else 0.1), name
+        assert g["weight_decay"] == (5e-4 if p.ndim > 1 else 0.0), name
+    assert groups[0]["lr"] == 0.1 and groups[0]["weight_decay"] == 5e-4  # base groups first, as before
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    with pytest.raises(ValueError, match="no parameter name starts with 'predictor_typo'"):
+        param_groups(m, 5e-4, 0.1, {"predictor_typo": 10})
+    with pytest.raises(ValueError, match="lr_mult values must be positive"):
+        TrainConfig(lr_mult={"predictors": 0}).validate()

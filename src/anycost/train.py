@@ -58,6 +58,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1  # peak learning rate
+    # learning-rate multipliers by parameter-name prefix, e.g. {"predictors": 10}: LC-Net's
+    # gates sit on tiny per-channel gradients and barely move at the backbone's fine-tuning lr
+    lr_mult: dict = dataclasses.field(default_factory=dict)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4  # on conv/linear weights only, not BN or biases
@@ -98,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be onecycle or cosine, got '{self.schedule}'")
         if not 0 <= self.warmup < 1:
             raise ValueError("warmup is a fraction in [0, 1)")
+        if any(not isinstance(v, (int, float)) or v <= 0 for v in self.lr_mult.values()):
+            raise ValueError(f"lr_mult values must be positive numbers, got {self.lr_mult}")
         if self.amp not in (None, "bf16"):
             raise ValueError(f"amp must be 'bf16' or None (float32), got '{self.amp}'")
         if self.distill < 0 or self.distill_temp <= 0:
@@ -140,12 +145,26 @@ class Schedule:
         return max(0.0, 1.0 - t) if self.kind == "onecycle" else 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_mult: dict | None = None) -> list[dict]:
+    """Weight decay on weights only (not BN or biases); parameters whose name starts with a
+    prefix of ``lr_mult`` get ``lr * mult`` (first matching prefix). Empty groups are left out."""
+    lr_mult = lr_mult or {}
+    groups: dict[tuple[float, bool], list] = {}
+    used = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        pre = next((pre for pre in lr_mult if name.startswith(pre)), None)
+        if pre is not None:
+            used.add(pre)
+        groups.setdefault((lr_mult.get(pre, 1.0), p.ndim > 1), []).append(p)
+    unused = sorted(set(lr_mult) - used)
+    if unused:
+        raise ValueError(f"lr_mult: no parameter name starts with {', '.join(map(repr, unused))}")
+    return [{"params": ps, "weight_decay": weight_decay if decayed else 0.0, "lr": lr * mult}
+            # the base-lr groups first (decayed, then not: the order of checkpoints made before
+            # lr_mult, so they still resume; the record's per-epoch lr reads group 0)
+            for (mult, decayed), ps in sorted(groups.items(), key=lambda kv: (kv[0][0] != 1.0, kv[0][0], not kv[0][1]))]
 
 
 def init_weights(model: nn.Module, spec: str) -> None:
@@ -224,7 +243,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
                                world_size=info.world_size)
     eval_split = data.val if data.val is not None else None
     steps_per_epoch = len(train_loader)
-    opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    opt = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_mult), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, Schedule(cfg.schedule, cfg.epochs * steps_per_epoch, cfg.warmup))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
@@ -236,9 +255,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
         if ck.get("format") != CKPT_FORMAT:
             raise CheckpointError(f"{ckpt_path}: not an anycost training checkpoint")
         old = ck["config"]
-        defaults = {"teacher": None, "distill": 0.0}  # keys older checkpoints lack
+        defaults = {"teacher": None, "distill": 0.0, "lr_mult": {}}  # keys older checkpoints lack
         for key in ("model", "model_kwargs", "dataset", "batch_size", "epochs", "seed", "split_seed", "val_size",
-                    "teacher", "distill"):
+                    "teacher", "distill", "lr_mult"):
             was = old.get(key, defaults.get(key))
             if was != getattr(cfg, key):
                 raise CheckpointError(f"cannot resume: '{key}' was {was!r}, now {getattr(cfg, key)!r}")
