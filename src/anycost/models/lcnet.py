@@ -209,7 +209,7 @@ class LCResNet(nn.Module):
                 if getattr(theirs, part):
                     mine.fc2.weight[a] = theirs.fc2.weight[b := theirs.rows(part)]
                     mine.fc2.bias[a] = theirs.fc2.bias[b]
-                else:  # new decisions start input-independent: keep (logit 3), scale exactly 1
+                else:  # new decisions start input-independent: their keep bias, scale exactly 1
                     mine.fc2.weight[a] = 0.0
 
     @classmethod
@@ -369,7 +369,6 @@ class LCResNet(nn.Module):
                 out = out.index_add(0, rows, branch)  # scatter the executed branches back
             h = F.relu(out)
         return DynamicOutput(self.backbone.forward_head(h), macs, skipped, len(self.blocks_list) + 1)
-
 
     def _infer_one_layers(self, x: Tensor, thr: float, all_: bool, budget: Tensor | None) -> DynamicOutput:
         """L-Net at batch 1: plain control flow instead of gather/scatter. On a 2-core CPU a
