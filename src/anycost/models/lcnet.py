@@ -106,30 +106,32 @@ class BlockPredictor(nn.Module):
         nn.init.normal_(self.fc2.weight, std=0.01)  # small, not zero: gradients must reach fc1 too
         with torch.no_grad():  # start by executing everything at scale ~1
             self.fc2.bias.zero_()
-            b = 0
             if layers:
-                self.fc2.bias[0] = 3.0
-                b = 2
+                self.fc2.bias[self.rows("layers").start] = 3.0
             if channels:
-                self.fc2.bias[b:b + c_mid] = channel_init
+                c = self.rows("channels").start
+                self.fc2.bias[c:c + c_mid] = channel_init
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.fc2(F.relu(self.fc1(pooled)))
 
     def rows(self, part: str) -> slice:
-        """fc2 output rows of 'layers' (logit, scale) or 'channels' (C logits, C scales)."""
+        """fc2 output rows of 'layers' (logit, scale) or 'channels' (C logits, then C scales):
+        the one place that knows the output layout."""
+        if part == "layers":
+            return slice(0, 2)
         b = 2 if self.layers else 0
-        return slice(0, 2) if part == "layers" else slice(b, b + 2 * self.c_mid)
+        return slice(b, b + 2 * self.c_mid)
 
     def split(self, out: Tensor):
         """-> (layer logit (B,), layer scale (B,), channel logits (B, C), channel scales (B, C)) or Nones."""
-        b = 0
         ll = ls = cl = cs = None
         if self.layers:
-            ll, ls = out[:, 0], 1 + torch.tanh(out[:, 1])
-            b = 2
+            lo = out[:, self.rows("layers")]  # (B, 2)
+            ll, ls = lo[:, 0], 1 + torch.tanh(lo[:, 1])
         if self.channels:
-            cl, cs = out[:, b:b + self.c_mid], 1 + torch.tanh(out[:, b + self.c_mid:b + 2 * self.c_mid])
+            co = out[:, self.rows("channels")]  # (B, 2C)
+            cl, cs = co[:, :self.c_mid], 1 + torch.tanh(co[:, self.c_mid:])
         return ll, ls, cl, cs
 
 
