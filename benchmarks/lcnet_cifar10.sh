@@ -5,7 +5,7 @@
 # LC_LAM (default 2; LC_LR=0.02 LC_LAM=8 got closer to the budget but scored lower), resumable,
 # exported with their threshold / budget operating points, measured on
 # holdout, timed at batch 1 and 256, and drawn against every other family.
-# Each block can be left out: VARIANTS= VARIANTS56_KD= LNET56=0 LNET56_KD2=0 LCNET56_STAGED=0
+# Each block can be left out: VARIANTS= VARIANTS56_KD= LNET56=0 LNET56_KD2=0 LCNET56_STAGED=0 LCNET56_CT=0
 # redraws the table and plot from the committed records without training anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +71,19 @@ if [ "${LCNET56_STAGED:-1}" = 1 ]; then
     --set 'lr_mult={"predictors": 10}' \
     --set 'model_kwargs={"target": 0.3, "lam": 16, "penalty": "batch", "gate_l2": 0.01, "channel_init": 1.5}'
   python benchmarks/lcnet_gates.py lcnet_resnet56_staged.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_lcnet_resnet56_staged.txt
+fi
+
+# The staged LC-Net again, with channels priced against their own block: the MAC hinge prices
+# a channel at 1/C of its block, so above the layer gates took the whole budget and executed
+# blocks kept every channel. channel_target 0.7 (cost weight 32) asks the channel gates to
+# keep 70 % of the executed blocks' MACs; the MAC target 0.35 leaves the layer gates room to
+# trade. From the same second-stage L-Net, same teacher, lr and predictor lr, 5 epochs.
+if [ "${LCNET56_CT:-1}" = 1 ]; then
+  lc_model lcnet_resnet56 runs/cifar10-cpu/lcnet_resnet56_ct lcnet_resnet56_ct.cifar10 --epochs 5 \
+    --init-from lnet_resnet56_kd2.cifar10 --teacher resnet56.cifar10 --distill 2 --set lr=0.03 \
+    --set 'lr_mult={"predictors": 10}' \
+    --set 'model_kwargs={"target": 0.35, "lam": 8, "penalty": "batch", "gate_l2": 0.01, "channel_target": 0.7, "channel_lam": 32}'
+  python benchmarks/lcnet_gates.py lcnet_resnet56_ct.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_lcnet_resnet56_ct.txt
 fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)

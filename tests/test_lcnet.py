@@ -134,7 +134,7 @@ def test_batch_penalty_lets_inputs_differ_while_the_mean_meets_the_budget():
     for penalty in ("example", "batch"):
         m = tiny(dict(layers=True, channels=False), target=0.5, lam=4.0, penalty=penalty).train()
         logits = torch.zeros(2, 10)
-        m.forward_train = lambda x, budget=None, m=m: (logits, torch.tensor([0.3, 0.7]) * m.full_macs, torch.zeros(2, 1))
+        m.forward_train = lambda x, budget=None, m=m: (logits, torch.tensor([0.3, 0.7]) * m.full_macs, torch.zeros(2, 1), torch.ones(2))
         loss, _ = m.training_loss(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), torch.nn.CrossEntropyLoss())
         charges[penalty] = loss.item() - torch.log(torch.tensor(10.0)).item()
     assert charges["example"] == pytest.approx(4.0 * 0.2 ** 2 / 2, rel=1e-4)
@@ -224,3 +224,47 @@ def test_channel_init_sets_the_channel_gates_starting_logit():
         c = p.rows("channels")
         assert torch.all(p.fc2.bias[c][:blk.planes] == 1.5) and torch.all(p.fc2.bias[c][blk.planes:] == 0)
         assert p.fc2.bias[0] == 3.0  # the layer gate keeps its own start
+
+
+def test_channel_target_charges_the_kept_share_of_executed_blocks():
+    """channel_target adds channel_lam * relu(kept - c) ** 2, where kept is the MAC-weighted
+    share of the executed blocks' channels kept: 0 when every channel of a running block is
+    off, 1 when all are on, and skipped blocks do not count."""
+    torch.manual_seed(0)
+    x, y = varied(4), torch.tensor([0, 1, 2, 3])
+    ce = torch.nn.CrossEntropyLoss()
+    def flat(m):  # input-independent gates: every logit is its bias
+        for p in m.predictors:
+            p.fc2.weight.data.zero_()
+        return m.eval()  # eval: no Gumbel noise
+
+    base = flat(tiny(dict(layers=True, channels=True), target=1.0))  # target 1: no MAC charge
+    # every channel gate at logit 3 (p = 0.953) and every layer gate at 3: kept = 0.953 exactly
+    kept = base.forward_train(x)[3]
+    assert torch.allclose(kept, torch.full((4,), torch.sigmoid(torch.tensor(3.0)).item()), atol=1e-6)
+    p0, b0 = base.predictors[0], base.blocks_list[0]
+    p0.fc2.bias.data[p0.rows("channels")][:b0.planes] = -30.0  # block 0 runs with no channel kept
+    k = torch.sigmoid(torch.tensor(3.0)).item()
+    macs = [a + b for a, b in zip(base.conv1_macs, base.conv2_macs)]
+    pl = [k] * len(macs)
+    want = k * sum(p * c for p, c in zip(pl[1:], macs[1:])) / sum(p * c for p, c in zip(pl, macs))
+    assert torch.allclose(base.forward_train(x)[3], torch.full((4,), want), atol=1e-6)
+    p0.fc2.bias.data[0] = -30.0  # ... and now block 0 is skipped: it no longer counts
+    assert torch.allclose(base.forward_train(x)[3], torch.full((4,), k), atol=1e-6)
+    losses = {}
+    for ct in (None, 0.5, 0.99):
+        m = flat(tiny(dict(layers=True, channels=True), target=1.0, channel_target=ct, channel_lam=8.0))
+        losses[ct] = m.training_loss(x, y, ce)[0].item()
+    assert losses[0.5] - losses[None] == pytest.approx(8.0 * (k - 0.5) ** 2, rel=1e-4)
+    assert losses[0.99] == pytest.approx(losses[None], abs=1e-6)  # under the target: free
+    # the charge reaches the channel gates, not the layer gates (their probabilities are detached)
+    m = flat(tiny(dict(layers=True, channels=True), target=1.0, channel_target=0.5, channel_lam=8.0, lam=0.0))
+    m.predictors[0].fc2.bias.grad = None
+    (m.training_loss(x, y, ce)[0] - ce(m(x), y)).backward()
+    g = m.predictors[0].fc2.bias.grad
+    p0 = m.predictors[0]
+    assert g[0] == 0 and torch.all(g[p0.rows("channels")][:m.blocks_list[0].planes] > 0)
+    with pytest.raises(ValueError, match="channel_target"):
+        tiny(dict(layers=True, channels=False), channel_target=0.5)
+    with pytest.raises(ValueError, match="channel_target"):
+        tiny(dict(layers=True, channels=True), channel_target=1.5)

@@ -21,6 +21,12 @@ both. Everything else is **our design**:
   ``channel_init`` is the channel gates' initial keep logit (3: kept for 95 % of training
   draws); a lower one (1.5: 82 %) gives the cost penalty ~3x the gradient on them and
   trains the backbone with channels dropped from the start.
+  ``channel_target=c`` adds a second squared hinge, ``channel_lam * relu(kept - c) ** 2``, on
+  the share of the *executed* blocks' MACs that the channel gates keep (block execution
+  probabilities detached, so it never pays to skip a block to dodge it). The MAC hinge alone
+  prices a channel at 1/C of its block, so the layer gates met every budget and executed
+  blocks kept all their channels (staged ResNet-56 LC-Net); this prices channels against
+  their own block, with the layer/channel split set by the user.
 * Budget-conditioned (beyond the paper): the predictors also see the target budget; each
   training example draws its target uniformly in ``[budget_min, 1]`` and is penalised
   against it, so one model serves every budget at inference (the budget is in the
@@ -97,7 +103,7 @@ def _st_gate(logit: Tensor, training: bool, threshold_logit: float = 0.0) -> tup
 
 class BlockPredictor(nn.Module):
     def __init__(self, c_in: int, c_mid: int, layers: bool, channels: bool, conditioned: bool, hidden: int = 16,
-                 channel_init: float = 3.0):
+                 channel_init: float = 3.0, channel_target: float | None = None, channel_lam: float | None = None):
         super().__init__()
         self.layers, self.channels, self.conditioned, self.c_mid = layers, channels, conditioned, c_mid
         n_out = (2 if layers else 0) + (2 * c_mid if channels else 0)
@@ -140,7 +146,7 @@ class LCResNet(nn.Module):
                  layers: bool = True, channels: bool = True, conditioned: bool = False, target: float = 0.5,
                  lam: float = 2.0, budget_min: float = 0.2, input_hw: int = 32, backbone: nn.Module | None = None,
                  penalty: str = "example", gate_l2: float = 0.0, target_ramp: float = 0.0,
-                 channel_init: float = 3.0):
+                 channel_init: float = 3.0, channel_target: float | None = None, channel_lam: float | None = None):
         super().__init__()
         if not (layers or channels):
             raise ValueError("enable layer skipping, channel skipping or both")
@@ -148,7 +154,11 @@ class LCResNet(nn.Module):
             raise ValueError(f"penalty must be 'example' or 'batch', not {penalty!r}")
         if not 0.0 <= target_ramp <= 1.0:
             raise ValueError(f"target_ramp is a fraction of training in [0, 1], got {target_ramp}")
+        if channel_target is not None and not (channels and 0.0 < channel_target <= 1.0):
+            raise ValueError(f"channel_target is a kept fraction in (0, 1] and needs channel gates, got {channel_target}")
         self.penalty, self.gate_l2, self.target_ramp = penalty, gate_l2, target_ramp
+        self.channel_target = channel_target
+        self.channel_lam = lam if channel_lam is None else channel_lam
         self.backbone = backbone if backbone is not None else CifarResNet(depth, num_classes, in_chans, widths)
         self.blocks_list: list[BasicBlock] = self.backbone.blocks()
         self.layers, self.channels, self.conditioned = layers, channels, conditioned
@@ -231,13 +241,16 @@ class LCResNet(nn.Module):
         # the budget enters centred and scaled, comparable to the pooled features
         return torch.cat([z, 4.0 * (budget[:, None].to(z.dtype) - 0.6)], 1) if self.conditioned else z
 
-    def forward_train(self, x: Tensor, budget: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_train(self, x: Tensor, budget: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Masked (full-compute) forward with hard ST decisions; returns (logits, expected MACs
-        per row (B,), every gate logit (B, G))."""
+        per row (B,), every gate logit (B, G), expected share of the executed blocks' MACs that
+        the channel gates keep (B,); ones without channel gates)."""
         n = x.shape[0]
         gates = []
         h = self.backbone.stem(x)
         exp = torch.full((n,), float(self.always_macs), device=x.device)
+        ch_kept = torch.zeros(n, device=x.device)  # sum over blocks of P(run) * kept share * block MACs
+        ch_all = torch.zeros(n, device=x.device)  # sum over blocks of P(run) * block MACs
         for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
             ll, ls, cl, cs = pred.split(pred(self._pooled(h, budget)))
             gates += [g.reshape(n, -1) for g in (ll, cl) if g is not None]
@@ -255,9 +268,13 @@ class LCResNet(nn.Module):
                 branch = branch * (go * ls)[:, None, None, None]
             else:
                 pl = torch.ones(n, device=x.device)
-            exp = exp + pl * q * (self.conv1_macs[i] + self.conv2_macs[i])
+            block = self.conv1_macs[i] + self.conv2_macs[i]
+            exp = exp + pl * q * block
+            ch_kept = ch_kept + pl.detach() * q * block
+            ch_all = ch_all + pl.detach() * block
             h = F.relu(branch + blk.shortcut(h))
-        return self.backbone.forward_head(h), exp, torch.cat(gates, 1)
+        kept = ch_kept / ch_all.clamp_min(1e-9) if self.channels else torch.ones(n, device=x.device)
+        return self.backbone.forward_head(h), exp, torch.cat(gates, 1), kept
 
     def forward(self, x: Tensor) -> Tensor:
         budget = torch.full((x.shape[0],), self.target, device=x.device) if self.conditioned else None
@@ -280,7 +297,7 @@ class LCResNet(nn.Module):
         else:
             target = torch.full((n,), self.target, device=x.device)
         target = self.ramped(target, progress)
-        logits, exp, gates = self.forward_train(x, target if self.conditioned else None)
+        logits, exp, gates, kept = self.forward_train(x, target if self.conditioned else None)
         ratio = exp / self.full_macs
         # squared hinge: the push grows with the overshoot, so inputs with small budgets are
         # pushed harder than inputs with large ones (what lets a conditioned model tell them apart).
@@ -289,10 +306,14 @@ class LCResNet(nn.Module):
         # for hard ones (the budget is a mean-MAC budget at inference too)
         over = ratio - target  # (B,)
         pen = F.relu(over).pow(2).mean() if self.penalty == "example" else F.relu(over.mean()).pow(2)
+        c_pen = 0.0
+        if self.channel_target is not None:  # same per-input / batch-mean choice as the MAC hinge
+            c_over = kept - self.channel_target  # (B,)
+            c_pen = F.relu(c_over).pow(2).mean() if self.penalty == "example" else F.relu(c_over.mean()).pow(2)
         # gate_l2 keeps the gate logits near 0, where the Gumbel noise still flips decisions and
         # the straight-through gradient is largest: a saturated gate gets ~no gradient for any input
         reg = self.gate_l2 * gates.pow(2).mean() if self.gate_l2 else 0.0
-        return criterion(logits, y) + self.lam * pen + reg, logits
+        return criterion(logits, y) + self.lam * pen + self.channel_lam * c_pen + reg, logits
 
     # ----------------------------------------------------------------- inference
 
