@@ -131,6 +131,10 @@ def test_zoo_resnet20_eval_on_test_only_folder_and_bench(cifar_test_only, capsys
 def test_report_summary_options_need_summary(tmp_path, capsys):
     assert main(["report", str(tmp_path / "x.json"), "--reference", "resnet20"]) == 2
     assert "belong to --summary" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "x.json"), "--gap", "lcnet_*"]) == 2
+    assert "--gap-to" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "x.json"), "--gap", "lcnet_*", "--gap-to", "lnet_*"]) == 2
+    assert "LABEL=METHOD_GLOB" in capsys.readouterr().err
 
 
 def test_eval_threads_flag_sets_torch_threads(cifar_run, cifar_dir, tmp_path, capsys):

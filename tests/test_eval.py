@@ -131,6 +131,28 @@ def test_summary_table_picks_cheapest_point_within_each_loss():
         summary_table([dyn], reference="missing")
 
 
+def test_gap_table_compares_a_family_with_merged_frontiers_at_equal_macs():
+    from anycost.report import gap_table
+
+    def pt(acc, macs):
+        return CurvePoint(OperatingPoint(f"p{macs}", {}), acc, macs * 1e6)
+
+    lc = TradeoffCurve("lc_a", [pt(88.0, 30), pt(85.0, 10)])
+    l1 = TradeoffCurve("l_one", [pt(86.0, 20), pt(90.0, 40)])
+    l2 = TradeoffCurve("l_two", [pt(84.0, 20), pt(87.0, 30)])
+    c = TradeoffCurve("c_one", [pt(80.0, 5), pt(88.5, 30)])
+    t = gap_table([lc, l1, l2, c], "lc_*", {"L": "l_*", "C": "c_*"})
+    rows = [r for r in t.splitlines() if r.startswith("| lc_a")]
+    # 10 M: below L's range (cheapest 20 M); C interpolates 80 + 8.5 * 5 / 25 = 81.7
+    assert rows[0] == "| lc_a | p10 | 85.00 | 10.00 | below its range | - | 81.70 | +3.30 |"
+    # 30 M: l_two's 87.0 is a point of the merged L frontier (86 @ 20, 87 @ 30, 90 @ 40); C has 88.5
+    assert rows[1] == "| lc_a | p30 | 88.00 | 30.00 | 87.00 | +1.00 | 88.50 | -0.50 |"
+    with pytest.raises(ValueError, match="no curve matches"):
+        gap_table([l1], "lc_*", {"L": "l_*"})
+    with pytest.raises(ValueError, match="group 'X'"):
+        gap_table([lc, l1], "lc_*", {"X": "lc_*"})
+
+
 def test_train_table_names_the_device_that_trained():
     from anycost.report import train_table
 

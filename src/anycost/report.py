@@ -58,6 +58,37 @@ def summary_table(curves: list[TradeoffCurve], reference: str | None = None, los
     return "\n".join(lines)
 
 
+def gap_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str]) -> str:
+    """Is one family above others at equal MACs? For every point of the curves whose method
+    matches the glob ``subject``, the accuracy of each group's frontier at the same mean MACs
+    (all curves matching the group's glob merged into one frontier, interpolated linearly
+    in MACs) and the gap in points. A group whose cheapest point costs more than the
+    subject's point has no accuracy there ("below its range"): it is not reached, not beaten."""
+    from fnmatch import fnmatchcase
+
+    subj = [c for c in curves if fnmatchcase(c.method, subject)]
+    if not subj:
+        raise ValueError(f"no curve matches '{subject}'; have: {', '.join(c.method for c in curves)}")
+    fronts = {}
+    for label, pattern in groups.items():
+        members = [c for c in curves if fnmatchcase(c.method, pattern) and c not in subj]
+        if not members:
+            raise ValueError(f"group '{label}': no curve other than the subject's matches '{pattern}'")
+        fronts[label] = TradeoffCurve.merge(label, members)
+    head = " | ".join(f"{lab} at equal MACs (%) | gap (pt)" for lab in fronts)
+    lines = [f"| method | operating point | top-1 (%) | mean MACs (M) | {head} |",
+             "|---|---|---:|---:|" + "---:|---:|" * len(fronts)]
+    for c in subj:
+        for p in sorted(c.points, key=lambda p: p.macs_mean):
+            cells = []
+            for f in fronts.values():
+                a = f.accuracy_at(p.macs_mean)
+                cells.append("below its range | -" if a is None else f"{a:.2f} | {p.accuracy - a:+.2f}")
+            lines.append(f"| {c.method} | {p.operating_point.name} | {p.accuracy:.2f} | {p.macs_mean / 1e6:.2f} | "
+                         f"{' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def bench_table(method: str, b: dict) -> str:
     lines = [f"Wall-clock, {method} ({b['device']}, {b['threads']} threads)", "",
              "| operating point | MACs (M) | MAC reduction | batch-1 p50 (ms) | p95 (ms) | speed-up b1 | "
