@@ -351,8 +351,8 @@ class LCResNet(nn.Module):
         thr = torch.logit(torch.tensor(min(max(tau, 1e-6), 1 - 1e-6))).item()
         all_ = bool(op.get("execute_all", False))
         budget = torch.full((n,), float(op.get("budget", self.target)), device=x.device) if self.conditioned else None
-        if n == 1 and not self.channels:
-            return self._infer_one_layers(x, thr, all_, budget)
+        if n == 1:
+            return self._infer_one(x, thr, all_, budget)
         macs = torch.full((n,), float(self.always_macs), dtype=torch.float64, device=x.device)
         h = self.backbone.stem(x)
         skipped = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -393,23 +393,43 @@ class LCResNet(nn.Module):
             h = F.relu(out)
         return DynamicOutput(self.backbone.forward_head(h), macs, skipped, len(self.blocks_list) + 1)
 
-    def _infer_one_layers(self, x: Tensor, thr: float, all_: bool, budget: Tensor | None) -> DynamicOutput:
-        """L-Net at batch 1: plain control flow instead of gather/scatter. On a 2-core CPU a
-        ResNet-56 L-Net spent more time in ~20 small tensor ops per block (index bookkeeping,
-        per-row MAC counts) than in the convolutions it kept, and ran slower than the static
-        ResNet-56 at batch 1; same decisions and MACs as the batched path (tested)."""
+    def _infer_one(self, x: Tensor, thr: float, all_: bool, budget: Tensor | None) -> DynamicOutput:
+        """Batch 1: plain control flow instead of gather/scatter and mask grouping. On a 2-core
+        CPU a ResNet-56 L-Net spent more time in ~20 small tensor ops per block (index
+        bookkeeping, per-row MAC counts) than in the convolutions it kept, and ran slower than
+        the static ResNet-56 at batch 1. Kept channels run as weight-sliced convolutions (the
+        whole weight when every channel is kept). Same decisions, logits and MACs as the
+        batched path (tested)."""
         macs = float(self.always_macs)
         skipped = 0
         h = self.backbone.stem(x)
         for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
-            ll, ls, _, _ = pred.split(pred(self._pooled(h, budget)))
+            ll, ls, cl, cs = pred.split(pred(self._pooled(h, budget)))
             macs += self.pred_macs[i]
-            if all_ or bool(ll[0] > thr):
-                h = F.relu(blk.forward_branch(h) * ls[0] + blk.shortcut(h))
+            short = blk.shortcut(h)
+            if self.layers and not (all_ or bool(ll[0] > thr)):
+                h = F.relu(short)
+                skipped += 1
+                continue
+            if not self.channels:
+                branch = blk.forward_branch(h)
                 macs += self.conv1_macs[i] + self.conv2_macs[i]
             else:
-                h = F.relu(blk.shortcut(h))
-                skipped += 1
+                kidx = None if all_ else (cl[0] > thr).nonzero().squeeze(1)
+                k = blk.planes if kidx is None else kidx.numel()
+                macs += (self.conv1_macs[i] + self.conv2_macs[i]) * k / blk.planes
+                if k == 0:  # nothing runs: bn2 of zeros, a per-channel constant
+                    z = torch.zeros(1, blk.planes, *short.shape[2:], device=x.device)
+                    branch = F.batch_norm(z, blk.bn2.running_mean, blk.bn2.running_var, blk.bn2.weight, blk.bn2.bias,
+                                          False, 0.0, blk.bn2.eps)
+                elif k == blk.planes:  # every channel: the whole weights, no slicing
+                    branch = blk.bn2(blk.conv2(F.relu(blk.bn1(blk.conv1(h))) * cs[0][None, :, None, None]))
+                else:
+                    mid = F.relu(self._bn(blk.bn1, self._conv_sliced(blk.conv1, h, kidx, None), kidx))
+                    branch = blk.bn2(self._conv_sliced(blk.conv2, mid * cs[0, kidx][None, :, None, None], None, kidx))
+            if self.layers:
+                branch = branch * ls[0]
+            h = F.relu(branch + short)
         return DynamicOutput(self.backbone.forward_head(h), torch.tensor([macs], dtype=torch.float64, device=x.device),
                              torch.tensor([skipped], device=x.device), len(self.blocks_list) + 1)
 
