@@ -397,17 +397,21 @@ class LCResNet(nn.Module):
         """Batch 1: plain control flow instead of gather/scatter and mask grouping. On a 2-core
         CPU a ResNet-56 L-Net spent more time in ~20 small tensor ops per block (index
         bookkeeping, per-row MAC counts) than in the convolutions it kept, and ran slower than
-        the static ResNet-56 at batch 1. Kept channels run as weight-sliced convolutions (the
-        whole weight when every channel is kept). Same decisions, logits and MACs as the
+        the static ResNet-56 at batch 1. Here each block reads its predictor's output once
+        (``tolist``) and decides in Python; kept channels run as weight-sliced convolutions
+        (the whole weight when every channel is kept). Same decisions, logits and MACs as the
         batched path (tested)."""
+        # the batched path compares float32 logits with thr rounded to float32; so does this
+        thr = float(torch.tensor(thr, dtype=torch.float32))
         macs = float(self.always_macs)
         skipped = 0
         h = self.backbone.stem(x)
         for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
-            ll, ls, cl, cs = pred.split(pred(self._pooled(h, budget)))
+            out = pred(self._pooled(h, budget))[0]  # (outputs,)
+            vals = out.tolist()
             macs += self.pred_macs[i]
             short = blk.shortcut(h)
-            if self.layers and not (all_ or bool(ll[0] > thr)):
+            if self.layers and not (all_ or vals[pred.rows("layers").start] > thr):
                 h = F.relu(short)
                 skipped += 1
                 continue
@@ -415,20 +419,25 @@ class LCResNet(nn.Module):
                 branch = blk.forward_branch(h)
                 macs += self.conv1_macs[i] + self.conv2_macs[i]
             else:
-                kidx = None if all_ else (cl[0] > thr).nonzero().squeeze(1)
-                k = blk.planes if kidx is None else kidx.numel()
-                macs += (self.conv1_macs[i] + self.conv2_macs[i]) * k / blk.planes
+                c0, c = pred.rows("channels").start, blk.planes
+                keep = None if all_ else [j for j in range(c) if vals[c0 + j] > thr]
+                k = c if keep is None else len(keep)
+                macs += (self.conv1_macs[i] + self.conv2_macs[i]) * k / c
                 if k == 0:  # nothing runs: bn2 of zeros, a per-channel constant
-                    z = torch.zeros(1, blk.planes, *short.shape[2:], device=x.device)
+                    z = torch.zeros(1, c, *short.shape[2:], device=x.device)
                     branch = F.batch_norm(z, blk.bn2.running_mean, blk.bn2.running_var, blk.bn2.weight, blk.bn2.bias,
                                           False, 0.0, blk.bn2.eps)
-                elif k == blk.planes:  # every channel: the whole weights, no slicing
-                    branch = blk.bn2(blk.conv2(F.relu(blk.bn1(blk.conv1(h))) * cs[0][None, :, None, None]))
                 else:
-                    mid = F.relu(self._bn(blk.bn1, self._conv_sliced(blk.conv1, h, kidx, None), kidx))
-                    branch = blk.bn2(self._conv_sliced(blk.conv2, mid * cs[0, kidx][None, :, None, None], None, kidx))
+                    scale = 1 + torch.tanh(out[c0 + c:c0 + 2 * c])  # (C,)
+                    if k == c:  # every channel: the whole weights, no slicing
+                        mid = F.relu(blk.bn1(blk.conv1(h))) * scale[None, :, None, None]
+                        branch = blk.bn2(blk.conv2(mid))
+                    else:
+                        kidx = torch.tensor(keep, device=x.device)
+                        mid = F.relu(self._bn(blk.bn1, self._conv_sliced(blk.conv1, h, kidx, None), kidx))
+                        branch = blk.bn2(self._conv_sliced(blk.conv2, mid * scale[kidx][None, :, None, None], None, kidx))
             if self.layers:
-                branch = branch * ls[0]
+                branch = branch * (1 + torch.tanh(out[pred.rows("layers").start + 1]))
             h = F.relu(branch + short)
         return DynamicOutput(self.backbone.forward_head(h), torch.tensor([macs], dtype=torch.float64, device=x.device),
                              torch.tensor([skipped], device=x.device), len(self.blocks_list) + 1)
