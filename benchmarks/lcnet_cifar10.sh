@@ -115,7 +115,12 @@ anycost plot $static $others $lc $lc56 -o benchmarks/lcnet_cifar10.png --exclude
 {
   anycost report $static $lc --summary --reference resnet20.cifar10
   echo
-  if [ -n "$lc56" ]; then anycost report $static $lc56 --summary --reference resnet56.cifar10; echo; fi
+  if [ -n "$lc56" ]; then
+    anycost report $static $lc56 --summary --reference resnet56.cifar10; echo
+    echo "Each ResNet-56 LC-Net point against the L-Net, C-Net and static frontiers at equal mean MACs"; echo
+    anycost report $static $lc56 --gap 'lcnet_resnet56*' --gap-to 'L-Net=lnet_resnet56*' \
+      --gap-to 'C-Net=cnet_resnet56*' --gap-to 'static=resnet*'; echo
+  fi
   anycost report $static $lc $lc56 $(ls $R/bench/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10.json $R/bench/lnet_resnet20_gl.cifar10.json $R/bench/{lnet,cnet,lcnet}_resnet56*.cifar10.json 2>/dev/null)
 } > benchmarks/lcnet_cifar10.md
 gated=$(for v in ${VARIANTS-lnet cnet lcnet lcnet_cond}; do [ $v = lcnet_cond ] || echo ${v}_resnet20.cifar10; done)
