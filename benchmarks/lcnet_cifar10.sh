@@ -22,6 +22,14 @@ lc_model() {  # model run-dir zoo-name train-args...: train (resumable), export,
   anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json
   anycost bench $name --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.json
 }
+from_kd2() {  # model zoo-stem epochs lr model-kwargs: a fine-tune of the second-stage L-Net
+  # with the resnet56 teacher and the predictors at 10x the lr, then where its gates fire
+  local model=$1 stem=$2 epochs=$3 lr=$4 kw=$5
+  lc_model $model runs/cifar10-cpu/$stem $stem.cifar10 --epochs $epochs \
+    --init-from lnet_resnet56_kd2.cifar10 --teacher resnet56.cifar10 --distill 2 --set lr=$lr \
+    --set 'lr_mult={"predictors": 10}' --set "model_kwargs=$kw"
+  python benchmarks/lcnet_gates.py $stem.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_$stem.txt
+}
 for v in ${VARIANTS-lnet cnet lcnet lcnet_cond}; do
   lam=${LC_LAM:-2}
   kw="{\"target\": 0.5, \"lam\": $lam}"; [ $v = lcnet_cond ] && kw="{\"lam\": $lam}"
@@ -67,11 +75,8 @@ fi
 # (their logits had moved by < 0.2: stopped); so the predictors also train at 10x the lr, and
 # for 4 epochs to fit the session
 if [ "${LCNET56_STAGED:-1}" = 1 ]; then
-  lc_model lcnet_resnet56 runs/cifar10-cpu/lcnet_resnet56_staged lcnet_resnet56_staged.cifar10 --epochs 4 \
-    --init-from lnet_resnet56_kd2.cifar10 --teacher resnet56.cifar10 --distill 2 --set lr=0.02 \
-    --set 'lr_mult={"predictors": 10}' \
-    --set 'model_kwargs={"target": 0.3, "lam": 16, "penalty": "batch", "gate_l2": 0.01, "channel_init": 1.5}'
-  python benchmarks/lcnet_gates.py lcnet_resnet56_staged.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_lcnet_resnet56_staged.txt
+  from_kd2 lcnet_resnet56 lcnet_resnet56_staged 4 0.02 \
+    '{"target": 0.3, "lam": 16, "penalty": "batch", "gate_l2": 0.01, "channel_init": 1.5}'
 fi
 
 # The staged LC-Net again, with channels priced against their own block: the MAC hinge prices
@@ -80,30 +85,20 @@ fi
 # keep 70 % of the executed blocks' MACs; the MAC target 0.35 leaves the layer gates room to
 # trade. From the same second-stage L-Net, same teacher, lr and predictor lr, 5 epochs.
 if [ "${LCNET56_CT:-1}" = 1 ]; then
-  lc_model lcnet_resnet56 runs/cifar10-cpu/lcnet_resnet56_ct lcnet_resnet56_ct.cifar10 --epochs 5 \
-    --init-from lnet_resnet56_kd2.cifar10 --teacher resnet56.cifar10 --distill 2 --set lr=0.03 \
-    --set 'lr_mult={"predictors": 10}' \
-    --set 'model_kwargs={"target": 0.35, "lam": 8, "penalty": "batch", "gate_l2": 0.01, "channel_target": 0.7, "channel_lam": 32}'
-  python benchmarks/lcnet_gates.py lcnet_resnet56_ct.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_lcnet_resnet56_ct.txt
+  from_kd2 lcnet_resnet56 lcnet_resnet56_ct 5 0.03 \
+    '{"target": 0.35, "lam": 8, "penalty": "batch", "gate_l2": 0.01, "channel_target": 0.7, "channel_lam": 32}'
 fi
 # ... and the same with the channel gates asked for half of the executed blocks' MACs and
 # the MAC target at 0.3: a cheaper LC-Net, to see whether LC stays above L lower down
 if [ "${LCNET56_CT50:-1}" = 1 ]; then
-  lc_model lcnet_resnet56 runs/cifar10-cpu/lcnet_resnet56_ct50 lcnet_resnet56_ct50.cifar10 --epochs 5 \
-    --init-from lnet_resnet56_kd2.cifar10 --teacher resnet56.cifar10 --distill 2 --set lr=0.03 \
-    --set 'lr_mult={"predictors": 10}' \
-    --set 'model_kwargs={"target": 0.3, "lam": 8, "penalty": "batch", "gate_l2": 0.01, "channel_target": 0.5, "channel_lam": 32}'
-  python benchmarks/lcnet_gates.py lcnet_resnet56_ct50.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_lcnet_resnet56_ct50.txt
+  from_kd2 lcnet_resnet56 lcnet_resnet56_ct50 5 0.03 \
+    '{"target": 0.3, "lam": 8, "penalty": "batch", "gate_l2": 0.01, "channel_target": 0.5, "channel_lam": 32}'
 fi
 # The control for "LC above L": an L-Net with the very same fine-tune (from the same L-Net,
 # teacher, lr, predictor lr, 5 epochs) asked for the MACs the cheaper LC-Net reached (target
 # 0.3), so that L and LC are compared at a budget both were trained for
 if [ "${LNET56_T30:-1}" = 1 ]; then
-  lc_model lnet_resnet56 runs/cifar10-cpu/lnet_resnet56_t30 lnet_resnet56_t30.cifar10 --epochs 5 \
-    --init-from lnet_resnet56_kd2.cifar10 --teacher resnet56.cifar10 --distill 2 --set lr=0.03 \
-    --set 'lr_mult={"predictors": 10}' \
-    --set 'model_kwargs={"target": 0.3, "lam": 8, "penalty": "batch", "gate_l2": 0.01}'
-  python benchmarks/lcnet_gates.py lnet_resnet56_t30.cifar10 --data-dir "$DATA" > benchmarks/lcnet_gates_lnet_resnet56_t30.txt
+  from_kd2 lnet_resnet56 lnet_resnet56_t30 5 0.03 '{"target": 0.3, "lam": 8, "penalty": "batch", "gate_l2": 0.01}'
 fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
