@@ -103,7 +103,7 @@ def _st_gate(logit: Tensor, training: bool, threshold_logit: float = 0.0) -> tup
 
 class BlockPredictor(nn.Module):
     def __init__(self, c_in: int, c_mid: int, layers: bool, channels: bool, conditioned: bool, hidden: int = 16,
-                 channel_init: float = 3.0, channel_target: float | None = None, channel_lam: float | None = None):
+                 channel_init: float = 3.0):
         super().__init__()
         self.layers, self.channels, self.conditioned, self.c_mid = layers, channels, conditioned, c_mid
         n_out = (2 if layers else 0) + (2 * c_mid if channels else 0)
