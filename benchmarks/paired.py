@@ -16,7 +16,8 @@ import math
 
 import torch
 
-from anycost.data import BatchLoader, load_dataset
+from anycost.data import load_dataset
+from anycost.eval import collect_outputs
 from anycost.records import make_record, write_json_atomic
 from anycost.zoo import resolve_model
 
@@ -32,28 +33,14 @@ def mcnemar_exact(b: int, c: int) -> float:
 def correct_and_macs(spec: str, sd, batch: int):
     name, _, op_name = spec.partition("@")
     m, meta = resolve_model(name)
-    m.eval()
     op = None
     if op_name:
         ops = {o.name: o for o in m.operating_points()}
         if op_name not in ops:
             raise SystemExit(f"{name}: no operating point '{op_name}' (has: {', '.join(ops)})")
         op = ops[op_name]
-    right, macs = [], []
-    loader = BatchLoader(sd.get("holdout"), batch, meta.get("mean", sd.mean), meta.get("std", sd.std))
-    with torch.no_grad():
-        for x, y in loader:  # x: (B, 3, 32, 32)
-            if hasattr(m, "infer"):
-                out = m.infer(x, op)
-                logits, mac = out.logits, out.macs.double()
-            else:
-                from anycost.cost import count_macs
-
-                logits = m(x)
-                mac = torch.full((len(y),), float(count_macs(m, x[:1])), dtype=torch.float64)
-            right.append(logits.argmax(1) == y)
-            macs.append(mac)
-    return torch.cat(right), torch.cat(macs)
+    out = collect_outputs(m, sd.get("holdout"), meta.get("mean", sd.mean), meta.get("std", sd.std), op, batch)
+    return out.logits.argmax(1) == out.labels, out.macs
 
 
 def main():
