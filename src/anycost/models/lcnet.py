@@ -334,6 +334,18 @@ class LCResNet(nn.Module):
             w = w.index_select(1, in_idx)
         return F.conv2d(x, w, None, conv.stride, conv.padding)
 
+    def _kept_branch(self, blk, x: Tensor, kidx: Tensor | None, scale: Tensor, out_hw) -> Tensor:
+        """A block's residual branch over its kept inner channels only, as weight-sliced convs.
+        x (B, C_in, H, W); kidx (k,) the kept channels (None: all, with the whole weights);
+        scale (B, k) their learned scales. With no channel kept nothing runs: the branch is
+        bn2 of zeros, a per-channel constant of spatial size out_hw."""
+        if kidx is not None and kidx.numel() == 0:
+            z = torch.zeros(x.shape[0], blk.planes, *out_hw, device=x.device)
+            return F.batch_norm(z, blk.bn2.running_mean, blk.bn2.running_var, blk.bn2.weight, blk.bn2.bias,
+                                False, 0.0, blk.bn2.eps)
+        mid = F.relu(self._bn(blk.bn1, self._conv_sliced(blk.conv1, x, kidx, None), kidx))
+        return blk.bn2(self._conv_sliced(blk.conv2, mid * scale[:, :, None, None], None, kidx))
+
     @staticmethod
     def _bn(bn: nn.BatchNorm2d, x: Tensor, idx: Tensor | None) -> Tensor:
         if idx is None:
@@ -375,15 +387,8 @@ class LCResNet(nn.Module):
                         kidx = masks[g].nonzero().squeeze(1)
                         k = kidx.numel()
                         macs[rows[grp]] += (self.conv1_macs[i] + self.conv2_macs[i]) * k / blk.planes
-                        if k == 0:
-                            branch[grp] = F.batch_norm(torch.zeros(grp.numel(), blk.planes, *out.shape[2:], device=x.device),
-                                                       blk.bn2.running_mean, blk.bn2.running_var, blk.bn2.weight,
-                                                       blk.bn2.bias, False, 0.0, blk.bn2.eps)
-                            continue
-                        xg = hr.index_select(0, grp)
-                        mid = F.relu(self._bn(blk.bn1, self._conv_sliced(blk.conv1, xg, kidx, None), kidx))
-                        mid = mid * scale.index_select(0, grp).index_select(1, kidx)[:, :, None, None]
-                        branch[grp] = blk.bn2(self._conv_sliced(blk.conv2, mid, None, kidx))
+                        branch[grp] = self._kept_branch(blk, hr.index_select(0, grp), kidx,
+                                                        scale.index_select(0, grp).index_select(1, kidx), out.shape[2:])
                 else:
                     branch = blk.forward_branch(hr)
                     macs[rows] += self.conv1_macs[i] + self.conv2_macs[i]
@@ -423,19 +428,12 @@ class LCResNet(nn.Module):
                 keep = None if all_ else [j for j in range(c) if vals[c0 + j] > thr]
                 k = c if keep is None else len(keep)
                 macs += (self.conv1_macs[i] + self.conv2_macs[i]) * k / c
-                if k == 0:  # nothing runs: bn2 of zeros, a per-channel constant
-                    z = torch.zeros(1, c, *short.shape[2:], device=x.device)
-                    branch = F.batch_norm(z, blk.bn2.running_mean, blk.bn2.running_var, blk.bn2.weight, blk.bn2.bias,
-                                          False, 0.0, blk.bn2.eps)
+                scale = 1 + torch.tanh(out[c0 + c:c0 + 2 * c])  # (C,)
+                if k == c:  # every channel: the whole weights, no slicing
+                    branch = self._kept_branch(blk, h, None, scale[None], short.shape[2:])
                 else:
-                    scale = 1 + torch.tanh(out[c0 + c:c0 + 2 * c])  # (C,)
-                    if k == c:  # every channel: the whole weights, no slicing
-                        mid = F.relu(blk.bn1(blk.conv1(h))) * scale[None, :, None, None]
-                        branch = blk.bn2(blk.conv2(mid))
-                    else:
-                        kidx = torch.tensor(keep, device=x.device)
-                        mid = F.relu(self._bn(blk.bn1, self._conv_sliced(blk.conv1, h, kidx, None), kidx))
-                        branch = blk.bn2(self._conv_sliced(blk.conv2, mid * scale[kidx][None, :, None, None], None, kidx))
+                    kidx = torch.tensor(keep, dtype=torch.long, device=x.device)
+                    branch = self._kept_branch(blk, h, kidx, scale[kidx][None], short.shape[2:])
             if self.layers:
                 branch = branch * (1 + torch.tanh(out[pred.rows("layers").start + 1]))
             h = F.relu(branch + short)
