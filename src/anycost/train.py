@@ -275,7 +275,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(LossModule(model, criterion), broadcast_buffers=False)
+        # a model that skips sub-modules per batch (the residual CNMM) leaves some parameters unused in a step
+        ddp = DistributedDataParallel(LossModule(model, criterion), broadcast_buffers=False,
+                                      find_unused_parameters=getattr(model, "skips_per_batch", False))
     config_dict = asdict(cfg)
     meta = {"model_name": cfg.model, "model_kwargs": cfg.model_kwargs, "num_classes": data.num_classes,
             "input_size": list(data.input_size), "classes": data.train.classes,

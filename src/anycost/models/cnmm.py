@@ -58,6 +58,22 @@ class EdgeBlock(nn.Sequential):
         super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+class ResEdgeBlock(nn.Module):
+    """The residual grid's edge: conv3x3-BN-ReLU-conv3x3-BN (a ResNet basic block's branch;
+    the node adds the identity and applies the ReLU). ``mid`` is the inner width."""
+
+    def __init__(self, cin: int, cout: int, stride: int, mid: int | None = None):
+        super().__init__()
+        mid = cout if mid is None else mid
+        self.conv1 = nn.Conv2d(cin, mid, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
 @dataclass
 class GridSpec:
     depth: int
@@ -227,8 +243,13 @@ class CNMM(nn.Module):
         if self.cost_weight:
             loss = loss + self.cost_weight * self.expected_macs_fraction()
         if self.slim_l1:
-            loss = loss + self.slim_l1 * sum(e[1].weight.abs().sum() for e in self.edges) / sum(e[1].weight.numel() for e in self.edges)
+            g = self._slim_gammas()
+            loss = loss + self.slim_l1 * sum(w.abs().sum() for w in g) / sum(w.numel() for w in g)
         return loss, logits
+
+    def _slim_gammas(self) -> list[Tensor]:
+        """Per edge, the BN scales whose |gamma| ranks its prunable channels."""
+        return [e[1].weight for e in self.edges]
 
     # ----------------------------------------------------------------- pruning
 
@@ -244,6 +265,13 @@ class CNMM(nn.Module):
             if ei in kept and d in co:
                 co.add(a)
         return {ei for ei in kept if self.edge_list[ei][0] in reach and self.edge_list[ei][1] in co}
+
+    def _connects(self, alive: set[int]) -> bool:
+        """Whether the edges ``alive`` (from :meth:`_alive`) still join input to output."""
+        return any(self.edge_list[x][1] in self.out_nodes for x in alive)
+
+    def _export(self, spec: PruneSpec) -> "PrunedCNMM":
+        return PrunedCNMM(self, spec)
 
     def _live_channels(self, spec: PruneSpec) -> dict[int, list[int]]:
         live = {0: list(range(self.widths[0]))}
@@ -282,7 +310,7 @@ class CNMM(nn.Module):
             if self.spec_macs(spec) <= budget:
                 return spec
             trial = self._alive(kept - {e})
-            if any(self.edge_list[x][1] in self.out_nodes for x in trial):
+            if self._connects(trial):
                 kept = trial
         spec = PruneSpec(sorted(kept))
         return spec if self.spec_macs(spec) <= budget else None
@@ -292,7 +320,7 @@ class CNMM(nn.Module):
         spec = copy.deepcopy(start or self.full_spec())
         cand = []
         for ei in spec.edges:
-            g = self.edges[ei][1].weight.detach().abs()
+            g = self._slim_gammas()[ei].detach().abs()
             keep = spec.channels.get(ei, list(range(g.numel())))
             spec.channels[ei] = list(keep)
             cand += [(float(g[c]), ei, c) for c in keep]
@@ -315,7 +343,7 @@ class CNMM(nn.Module):
         if spec is None:
             raise ValueError(f"budget {budget / 1e6:.3f} M MACs is below the cheapest network this "
                              f"mechanism ('{mechanism}') can reach")
-        return PrunedCNMM(self, spec)
+        return self._export(spec)
 
     def prune_spec(self, budget: float, mechanism: str = "edges", edge_share: float = 0.5) -> PruneSpec | None:
         if mechanism == "edges":
@@ -346,7 +374,7 @@ class CNMM(nn.Module):
         key = json.dumps(op.params, sort_keys=True) if op is not None else "full"
         if key not in self._pruned:
             spec = PruneSpec.from_dict(op["prune"]) if op is not None and "prune" in op.params else self.full_spec()
-            net = PrunedCNMM(self, spec)
+            net = self._export(spec)
             if op is not None and op.get("bn"):
                 net.load_bn_stats(op["bn"])
             self._pruned[key] = net.eval()
@@ -447,6 +475,163 @@ class PrunedCNMM(nn.Module):
             mods[n].running_var.copy_(torch.tensor(var))
 
 
+class ResCNMM(CNMM):
+    """The residual grid (``residual`` in the module docstring): the same nodes and edges as
+    :class:`CNMM`, but a node at depth ``l > s`` adds its same-scale predecessor as an identity
+    skip, ``x(l, s) = relu(x(l-1, s) + sum_e m_e f_e(x_src))``, with ``f_e`` a basic-block
+    branch. Dropping every edge into a node leaves the identity, so any subset of edges is
+    a working network (a ResNet with fewer blocks and other down-sampling depths) down to
+    the chain stem -> diagonal edges -> head. The diagonal edges ``(s-1, s-1) -> (s, s)`` are
+    a scale's only entry, so they are always on (``p = 1``) and never pruned.
+
+    Training draws one hard Bernoulli mask per *batch* (one network of the mixture per step,
+    as stochastic depth does) and skips the edges that are off, so a step costs the sampled
+    network's MACs rather than the whole grid's; the keep probabilities get a
+    straight-through gradient (``m = b + p - stop_grad(p)``: the forward value is the 0/1
+    sample ``b``, the gradient that of ``p * f_e``) from the edges that ran, plus the cost
+    term. Inference is mean-field: ``m_e = p_e``, exact in expectation for the sum. The
+    pruned networks drop inner channels of the branches (by ``|gamma|`` of the first BN),
+    so node widths, and the identities, stay whole. Classification only."""
+
+    skips_per_batch = True  # training skips edges, so data-parallel training must allow unused parameters
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, depth: int = 6, scales: int = 3,
+                 widths: tuple[int, ...] = (16, 32, 64), input_hw: int = 32, init_logit: float = 3.0,
+                 cost_weight: float = 0.0, slim_l1: float = 0.0, keep_max: float = 0.75, task: str = "classify"):
+        if task != "classify":
+            raise ValueError("the residual grid classifies only; use CNMM(task='segment') for dense prediction")
+        super().__init__(num_classes, in_chans, depth, scales, widths, input_hw, init_logit, (1.0, 1.0),
+                         cost_weight, slim_l1, task, keep_max)
+        self.edges = nn.ModuleList(
+            ResEdgeBlock(widths[self.node_list[a][1]], widths[self.node_list[b][1]], 1 + self.node_list[b][1] - self.node_list[a][1])
+            for a, b in self.edge_list)
+        for m in self.edges.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # node -> its same-scale predecessor (the identity skip), -1 for the stem and diagonal nodes
+        self.skip = [self.node_index.get((l - 1, s), -1) if i else -1 for i, (l, s) in enumerate(self.node_list)]
+        mand = [self.skip[d] < 0 for _, d in self.edge_list]
+        assert all(len(self.incoming[d]) == 1 for (_, d), m in zip(self.edge_list, mand) if m)
+        self.register_buffer("mandatory", torch.tensor(mand), persistent=False)
+        self.measure_costs()
+
+    def _p(self) -> Tensor:
+        p = self.keep_max * torch.sigmoid(self.logits)
+        return torch.where(self.mandatory, torch.ones_like(p), p)
+
+    def _slim_gammas(self) -> list[Tensor]:
+        return [e.bn1.weight for e in self.edges]
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self._p()  # (E,)
+        if self.training:
+            b = (torch.rand(p.shape, device=p.device) < p).to(p.dtype)  # one network of the mixture per batch
+            w = b + (p - p.detach())  # value b, gradient of p (straight-through)
+            on = b.bool().tolist()
+        else:
+            w, on = p, [True] * len(self.edge_list)
+        vals: list[Tensor | None] = [None] * len(self.node_list)
+        vals[0] = self.stem(x)
+        for i in range(1, len(self.node_list)):
+            z = vals[self.skip[i]] if self.skip[i] >= 0 else None
+            for ei in self.incoming[i]:
+                if on[ei]:
+                    y = w[ei] * self.edges[ei](vals[self.edge_list[ei][0]])
+                    z = y if z is None else z + y
+            vals[i] = F.relu(z)
+        return self._readout([vals[i] for i in self.out_nodes])
+
+    def _alive(self, kept: set[int]) -> set[int]:
+        kept = set(kept) | {e for e, m in enumerate(self.mandatory.tolist()) if m}
+        n = len(self.node_list)
+        reach = {0}
+        for i in range(1, n):
+            if self.skip[i] in reach or any(e in kept and self.edge_list[e][0] in reach for e in self.incoming[i]):
+                reach.add(i)
+        co = set(self.out_nodes)
+        for i in reversed(range(1, n)):
+            if i in co:
+                co.update([self.skip[i]] if self.skip[i] >= 0 else [])
+                co.update(self.edge_list[e][0] for e in self.incoming[i] if e in kept)
+        return {e for e in kept if self.edge_list[e][0] in reach and self.edge_list[e][1] in co}
+
+    def _connects(self, alive: set[int]) -> bool:
+        return True  # the always-on diagonal chain and the identities join input to output
+
+    def _export(self, spec: PruneSpec) -> "PrunedResCNMM":
+        return PrunedResCNMM(self, spec)
+
+    def _live_channels(self, spec: PruneSpec) -> dict[int, list[int]]:
+        return {i: list(range(self.widths[s])) for i, (_, s) in enumerate(self.node_list)}  # nodes stay whole
+
+    def spec_macs(self, spec: PruneSpec) -> int:
+        """Stem, head, and each live edge's measured MACs scaled by its kept inner channels
+        (both of a branch's convs are linear in its inner width)."""
+        total = self.stem_macs + self.head_macs
+        for e in self._alive(set(spec.edges)):
+            mid = self.edges[e].conv1.out_channels
+            total += self.edge_macs[e] * len(spec.channels.get(e, range(mid))) // mid
+        return total
+
+
+class PrunedResCNMM(PrunedCNMM):
+    """The static residual network a PruneSpec keeps: the live edges with their kept inner
+    channels, scaled by their mean-field weights ``p_e``; nodes left with no edge are their
+    skip's value and vanish. No reference to the parent model."""
+
+    def __init__(self, cnmm: ResCNMM, spec: PruneSpec):
+        nn.Module.__init__(self)
+        self.spec, self.task = spec, cnmm.task
+        alive = sorted(cnmm._alive(set(spec.edges)))
+        p = cnmm.probabilities().tolist()
+        computed = {cnmm.edge_list[e][1] for e in alive}
+        rep = {0: 0}  # node -> the node holding its value (itself, or its skip's value when it computes nothing)
+        for i in range(1, len(cnmm.node_list)):
+            if i in computed:
+                rep[i] = i
+            elif cnmm.skip[i] in rep:
+                rep[i] = rep[cnmm.skip[i]]
+        self.stem = copy.deepcopy(cnmm.stem)
+        self.blocks = nn.ModuleList()
+        self.src, self.weights, self.last, self.skip_of = [], [], [], []
+        channels = {}
+        for k, e in enumerate(alive):
+            a, d = cnmm.edge_list[e]
+            blk = cnmm.edges[e]
+            keep = spec.channels.get(e, list(range(blk.conv1.out_channels)))
+            if len(keep) < blk.conv1.out_channels:
+                channels[e] = keep
+            new = ResEdgeBlock(blk.conv1.in_channels, blk.conv2.out_channels, blk.conv1.stride[0], mid=len(keep))
+            idx = torch.tensor(keep, dtype=torch.long)
+            new.conv1.weight.data = blk.conv1.weight.data[idx].clone()
+            new.conv2.weight.data = blk.conv2.weight.data[:, idx].clone()
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(new.bn1, name).data = getattr(blk.bn1, name).data[idx].clone()
+            new.bn2.load_state_dict(blk.bn2.state_dict())
+            self.blocks.append(new)
+            self.src.append(rep[a])
+            self.weights.append(float(p[e]))
+            last = k + 1 == len(alive) or cnmm.edge_list[alive[k + 1]][1] != d
+            self.last.append(last)
+            self.skip_of.append(rep[cnmm.skip[d]] if last and cnmm.skip[d] >= 0 else -1)
+        self.dst = [cnmm.edge_list[e][1] for e in alive]
+        self.out = rep[cnmm.out_nodes[0]]
+        self.head = copy.deepcopy(cnmm.head)
+        self.macs = cnmm.spec_macs(PruneSpec(alive, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        vals = {0: self.stem(x)}
+        acc = torch.zeros(0)
+        for i, blk in enumerate(self.blocks):
+            y = self.weights[i] * blk(vals[self.src[i]])
+            acc = y if acc.dim() == 1 else acc + y  # first edge into this node starts the sum
+            if self.last[i]:
+                s = self.skip_of[i]
+                vals[self.dst[i]] = F.relu(acc + vals[s]) if s >= 0 else F.relu(acc)
+                acc = torch.zeros(0)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(vals[self.out], 1), 1))
+
+
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, loader, batches: int = 20) -> nn.Module:
     """Recompute BatchNorm running statistics on a few batches (no weight updates): the
@@ -478,6 +663,26 @@ def cnmm_d12(**kw):
 
 
 @register_model(family="cnmm")
+def cnmm_r6(**kw):
+    """Residual grid, depth 6, three scales at widths (16, 32, 64) for 32x32 inputs (all
+    edges: 92 M MACs; the cheapest network, stem and two diagonal edges: 7.6 M)."""
+    return ResCNMM(depth=6, **kw)
+
+
+@register_model(family="cnmm")
+def cnmm_r8(**kw):
+    return ResCNMM(depth=8, **kw)
+
+
+@register_model(family="cnmm")
+def test_cnmm_r(**kw):
+    """Tiny residual grid for tests: depth 4, scales 3, widths (4, 8, 16), 8x8 inputs."""
+    kw.setdefault("widths", (4, 8, 16))
+    kw.setdefault("input_hw", 8)
+    return ResCNMM(depth=4, **kw)
+
+
+@register_model(family="cnmm")
 def test_cnmm(**kw):
     """Tiny grid for tests and the demo: depth 4, scales 3, widths (4, 8, 16), 8x8 inputs."""
     kw.setdefault("widths", (4, 8, 16))
@@ -501,7 +706,7 @@ def pruning_operating_points(model: CNMM, fractions=(1.0, 0.75, 0.6, 0.5, 0.4, 0
             params = {"prune": spec.to_dict(), "mechanism": mech, "budget_fraction": f}
             ops.setdefault(mech, []).append(OperatingPoint(f"{mech} {f:.0%}", params))
             if bn_loader is not None:
-                net = reestimate_bn(PrunedCNMM(model, spec), bn_loader, bn_batches)
+                net = reestimate_bn(model._export(spec), bn_loader, bn_batches)
                 ops.setdefault(f"{mech}+bn", []).append(
                     OperatingPoint(f"{mech}+bn {f:.0%}", dict(params, bn=net.bn_stats(), mechanism=f"{mech}+bn")))
     return {"ops": ops, "unreachable": unreachable}
