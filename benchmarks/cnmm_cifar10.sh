@@ -11,23 +11,39 @@ DATA=${DATA:-../shared/data}
 R=benchmarks/records
 mkdir -p $R/calibrate $R/eval $R/bench $R/train
 
-run=runs/cifar10-cpu/cnmm_d8
-flag=""; [ -f $run/last.pt ] && flag=--resume
-anycost train cnmm_d8 --recipe cpu --epochs ${CNMM_EPOCHS:-14} --data-dir "$DATA" --out $run $flag \
-  --threads ${THREADS:-2} --set 'model_kwargs={"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
-cp $run/record.json $R/train/cnmm_d8.cifar10.json
-anycost calibrate $run --data-dir "$DATA" --name cnmm_d8 --split holdout --export cnmm_d8.cifar10 \
-  --record $R/calibrate/cnmm_d8.cifar10.json
-anycost bench cnmm_d8.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/cnmm_d8.cifar10.json
+# D8=0 / R6=0 skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+if [ "${D8:-1}" = 1 ]; then
+  run=runs/cifar10-cpu/cnmm_d8
+  flag=""; [ -f $run/last.pt ] && flag=--resume
+  anycost train cnmm_d8 --recipe cpu --epochs ${CNMM_EPOCHS:-14} --data-dir "$DATA" --out $run $flag \
+    --threads ${THREADS:-2} --set 'model_kwargs={"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
+  cp $run/record.json $R/train/cnmm_d8.cifar10.json
+  anycost calibrate $run --data-dir "$DATA" --name cnmm_d8 --split holdout --export cnmm_d8.cifar10 \
+    --record $R/calibrate/cnmm_d8.cifar10.json
+  anycost bench cnmm_d8.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/cnmm_d8.cifar10.json
+fi
+
+# The residual grid (ResCNMM, README "our design"): 24 epochs of the cpu recipe at ~2 min each,
+# one network of the mixture per batch, every optional edge kept with probability at most 0.6.
+if [ "${R6:-1}" = 1 ]; then
+  run=runs/cifar10-cpu/cnmm_r6
+  flag=""; [ -f $run/last.pt ] && flag=--resume
+  anycost train cnmm_r6 --recipe cpu --epochs 24 --data-dir "$DATA" --out $run $flag \
+    --threads ${THREADS:-2} --set 'model_kwargs={"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}'
+  cp $run/record.json $R/train/cnmm_r6.cifar10.json
+  anycost calibrate $run --data-dir "$DATA" --name cnmm_r6 --split holdout --export cnmm_r6.cifar10 \
+    --record $R/calibrate/cnmm_r6.cifar10.json
+  anycost bench cnmm_r6.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/cnmm_r6.cifar10.json
+fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
-anycost plot $static $others $(ls $R/calibrate/cnmm_d8.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
+anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' \
   --title "CIFAR-10: one CNMM pruned to many budgets (holdout)"
 {
-  anycost report $static $(ls $R/calibrate/cnmm_d8.cifar10{,-e30}.json 2>/dev/null) --summary
+  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6}.cifar10{,-e30}.json 2>/dev/null) --summary
   echo
-  anycost report $static $(ls $R/calibrate/cnmm_d8.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_d8{,_e30}.cifar10.json 2>/dev/null)
+  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6}.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_{d8,d8_e30,r6}.cifar10.json 2>/dev/null)
 } > benchmarks/cnmm_cifar10.md

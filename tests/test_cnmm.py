@@ -249,3 +249,97 @@ def test_calibrate_cli_exports_pruned_points_that_eval_reproduces(tmp_path, caps
     assert pts and all(p["macs_mean"] <= m.full_macs() * 0.5 for p in pts)
     assert main(["calibrate", str(run), "--budget", "10", "--record", str(tmp_path / "c.json")]) == 2
     assert "no pruning mechanism reaches" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- the residual grid (ResCNMM)
+
+
+def test_residual_grid_structure_and_full_export():
+    from anycost.models.cnmm import ResCNMM
+
+    m = create_model("test_cnmm_r", num_classes=10, in_chans=1).eval()
+    assert isinstance(m, ResCNMM) and m.grid == GridSpec(4, 3)
+    # only the diagonal nodes (s, s) lack an identity: their single edge is always on
+    diag = [i for i, (l, s) in enumerate(m.node_list) if i and l == s]
+    assert [d for (_, d), mand in zip(m.edge_list, m.mandatory.tolist()) if mand] == diag
+    assert torch.equal(m.probabilities()[m.mandatory], torch.ones(len(diag)))
+    x = torch.randn(3, 1, 8, 8)
+    net = m.prune(m.full_macs(), "edges").eval()
+    assert torch.allclose(net(x), m(x), atol=1e-5)
+    assert net.macs == m.full_macs() == module_macs(m, (1, 8, 8)) == count_macs(net, x) // 3
+    with pytest.raises(ValueError, match="classifies only"):
+        create_model("test_cnmm_r", task="segment")
+
+
+def test_residual_training_runs_one_network_per_batch_and_skips_the_rest():
+    torch.manual_seed(0)
+    m = create_model("test_cnmm_r", num_classes=10, in_chans=1, init_logit=0.0, keep_max=1.0).train()
+    x = torch.randn(1, 1, 8, 8).expand(4, 1, 8, 8).contiguous()
+    outs = [m(x) for _ in range(6)]
+    assert all(torch.allclose(o[0], o[3]) for o in outs)  # one network for the whole batch
+    assert any(not torch.allclose(outs[0], o) for o in outs[1:])  # another one next batch
+    torch.manual_seed(1)
+    loss, _ = m.training_loss(x, torch.tensor([0, 1, 2, 3]), criterion=torch.nn.CrossEntropyLoss())
+    loss.backward()
+    ran = [e.conv1.weight.grad is not None for e in m.edges]
+    assert not all(ran) and any(ran)  # skipped edges cost nothing and learn nothing this step
+    assert all(r for r, mand in zip(ran, m.mandatory.tolist()) if mand)
+    g = m.logits.grad
+    # straight-through: keep logits learn from the optional edges that ran, not from skipped ones
+    assert all((g[e] != 0) == (ran[e] and not m.mandatory[e]) for e in range(len(ran)))
+
+
+def test_residual_cheapest_network_is_the_diagonal_chain():
+    m = create_model("test_cnmm_r", num_classes=10, in_chans=1).eval()
+    spec = m.prune_edges(0.0 + m.stem_macs + m.head_macs + sum(
+        c for c, mand in zip(m.edge_macs, m.mandatory.tolist()) if mand))
+    assert spec is not None and m._alive(set(spec.edges)) == {e for e, k in enumerate(m.mandatory.tolist()) if k}
+    assert m.prune_edges(m.stem_macs) is None
+    with pytest.raises(ValueError, match="below the cheapest network"):
+        m.prune(m.stem_macs, "edges")
+    # dropping every optional edge is the mixture with their probabilities at zero
+    x = torch.randn(2, 1, 8, 8)
+    net = m._export(spec).eval()
+    with torch.no_grad():
+        m.logits[~m.mandatory] = -float("inf")
+    assert torch.allclose(net(x), m(x), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained_res(tmp_path_factory):
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="test_cnmm_r", model_kwargs={"widths": [8, 16, 32], "cost_weight": 0.1, "slim_l1": 0.1},
+                      dataset="digits", epochs=6, batch_size=64, flip=False, channels_last=False, progress=False,
+                      out_dir=str(tmp_path_factory.mktemp("cnmm_r")))
+    m = create_model("test_cnmm_r", num_classes=10, in_chans=1, widths=(8, 16, 32), cost_weight=0.1, slim_l1=0.1)
+    train(cfg, model=m, data=data)
+    return m.eval(), data
+
+
+@pytest.mark.parametrize("mechanism", ["edges", "channels", "both"])
+def test_residual_prune_meets_budget_and_counts_honestly(trained_res, mechanism):
+    m, _ = trained_res
+    x = torch.randn(5, 1, 8, 8)
+    for frac in (0.8, 0.5, 0.3):
+        net = m.prune(frac * m.full_macs(), mechanism).eval()
+        assert net.macs <= frac * m.full_macs()
+        assert count_macs(net, x) == 5 * net.macs
+        assert check_reported_macs(m, x, OperatingPoint("p", {"prune": net.spec.to_dict()})).ok
+        if mechanism == "channels":  # node widths stay whole; the branches' inner convs thin
+            assert any(b.conv1.out_channels < b.conv2.out_channels for b in net.blocks)
+
+
+def test_residual_mixture_is_usable_pruned_and_exported(trained_res, tmp_path):
+    m, data = trained_res
+    bn_loader = BatchLoader(data.train, 128, data.mean, data.std)
+    res = pruning_operating_points(m, fractions=(1.0, 0.5, 0.25), bn_loader=bn_loader, bn_batches=3)
+    ops = [op for v in res["ops"].values() for op in v]
+    curve = evaluate_curve(m, data.get("holdout"), data.mean, data.std, ops, measured_on="holdout")
+    acc = {p.operating_point.name: p.accuracy for p in curve.points}
+    assert acc["edges 100%"] > 80 and acc["edges+bn 25%"] > 50  # it learned, and a quarter of it still works
+    net = m.prune(0.4 * m.full_macs(), "both").eval()
+    x = torch.randn(3, 1, 8, 8)
+    ep = torch.export.export(net, (x,))
+    torch.export.save(ep, str(tmp_path / "pruned.pt2"))
+    assert torch.allclose(torch.export.load(str(tmp_path / "pruned.pt2")).module()(x), net(x), atol=1e-5)
