@@ -123,7 +123,6 @@ class PruneSpec:
 
 
 class CNMM(nn.Module):
-    avoid_cascades = False  # plain grid: every removal cuts paths, so there is nothing to prefer
     def __init__(self, num_classes: int = 10, in_chans: int = 3, depth: int = 8, scales: int = 3,
                  widths: tuple[int, ...] = (16, 32, 64), input_hw: int = 32, init_logit: float = 2.0,
                  tau: tuple[float, float] = (1.0, 0.2), cost_weight: float = 0.0, slim_l1: float = 0.0,
@@ -308,13 +307,14 @@ class CNMM(nn.Module):
     def full_spec(self) -> PruneSpec:
         return PruneSpec(list(range(len(self.edge_list))))
 
-    def prune_edges(self, budget: float, score: str = "prob") -> PruneSpec | None:
+    def prune_edges(self, budget: float, score: str = "prob", avoid_cascades: bool = False) -> PruneSpec | None:
         """Drop edges, least probable first (``score="prob_per_mac"``: probability per MAC),
         and the edges that fall off every input->output path with them, until MACs <= budget.
-        With ``avoid_cascades`` (the residual grid), a removal that takes no other edge with
-        it goes before one that does, so that cutting a scale's last exit (and with it all
-        that scale's later edges) comes only when nothing else is left. None if even the
-        cheapest network does not fit."""
+        ``avoid_cascades`` (residual grid only; an experiment, not the default): a removal that
+        takes no other edge with it goes before one that does, so a scale's last exit (and with
+        it that scale's later edges) is cut only when nothing else is left. It fills the MAC
+        range that probability order jumps over, but on CIFAR-10 its networks were 6-8 pt
+        worse (benchmarks/cnmm_prune_order.md). None if even the cheapest network does not fit."""
         p = self.probabilities().tolist()
         key = (lambda e: p[e]) if score == "prob" else (lambda e: p[e] / self.edge_macs[e])
         order = sorted(range(len(self.edge_list)), key=key)
@@ -324,7 +324,7 @@ class CNMM(nn.Module):
             options = [(e, t) for e, t in options if t != kept and self._connects(t)]
             if not options:
                 return None
-            if self.avoid_cascades:
+            if avoid_cascades:
                 options = [(e, t) for e, t in options if len(t) == len(kept) - 1] or options
             kept = options[0][1]
         return PruneSpec(sorted(kept))
@@ -507,7 +507,6 @@ class ResCNMM(CNMM):
     pruned networks drop inner channels of the branches (by ``|gamma|`` of the first BN),
     so node widths, and the identities, stay whole. Classification only."""
 
-    avoid_cascades = True  # see prune_edges: keep every scale connected as long as possible
     skips_per_batch = True  # training skips edges, so data-parallel training must allow unused parameters
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, depth: int = 6, scales: int = 3,
