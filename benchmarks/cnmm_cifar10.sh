@@ -40,8 +40,8 @@ static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
 anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
-    --exclude '*: channels' --exclude '*: both' \
-  --title "CIFAR-10: one CNMM pruned to many budgets (holdout)"
+    --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6: *+bn' --exclude 'cnmm_r6: channels*' \
+  --title "CIFAR-10: one CNMM pruned to many budgets (holdout); cnmm_r6: residual grid"
 {
   anycost report $static $(ls $R/calibrate/cnmm_{d8,r6}.cifar10{,-e30}.json 2>/dev/null) --summary
   echo

@@ -343,3 +343,20 @@ def test_residual_mixture_is_usable_pruned_and_exported(trained_res, tmp_path):
     ep = torch.export.export(net, (x,))
     torch.export.save(ep, str(tmp_path / "pruned.pt2"))
     assert torch.allclose(torch.export.load(str(tmp_path / "pruned.pt2")).module()(x), net(x), atol=1e-5)
+
+
+def test_residual_prune_order_option_cuts_nothing_else_while_it_can():
+    m = create_model("test_cnmm_r", num_classes=10, in_chans=1).eval()
+    with torch.no_grad():  # the exits into the last scale are the least probable edges
+        m.logits.fill_(2.0)
+        for e, (a, d) in enumerate(m.edge_list):
+            if m.node_list[d][1] == 2 and m.node_list[a][1] == 1 and not m.mandatory[e]:
+                m.logits[e] = -2.0
+    full = m.full_macs()
+    cut = m.prune_edges(0.9 * full)  # probability order: cutting the last exit drops a whole scale
+    gentle = m.prune_edges(0.9 * full, avoid_cascades=True)
+    assert m.spec_macs(gentle) <= 0.9 * full and m.spec_macs(cut) <= 0.9 * full
+    assert len(gentle.edges) == len(m.edge_list) - 2 and len(cut.edges) < len(m.edge_list) - 4
+    # gentle: two edges, each alone; probability order: its second cut is the last exit, and a scale goes with it
+    for f in (0.5, 0.2):  # both still meet any reachable budget
+        assert m.spec_macs(m.prune_edges(f * full, avoid_cascades=True)) <= f * full
