@@ -313,8 +313,8 @@ class CNMM(nn.Module):
         ``avoid_cascades`` (residual grid only; an experiment, not the default): a removal that
         takes no other edge with it goes before one that does, so a scale's last exit (and with
         it that scale's later edges) is cut only when nothing else is left. It fills the MAC
-        range that probability order jumps over, but on CIFAR-10 its networks were 6-8 pt
-        worse (benchmarks/cnmm_prune_order.md). None if even the cheapest network does not fit."""
+        range that probability order jumps over, but on CIFAR-10 its networks were 3.7-8.8 pt
+        worse on calib (benchmarks/cnmm_prune_order.md). None if even the cheapest network does not fit."""
         p = self.probabilities().tolist()
         key = (lambda e: p[e]) if score == "prob" else (lambda e: p[e] / self.edge_macs[e])
         order = sorted(range(len(self.edge_list)), key=key)
@@ -490,7 +490,7 @@ class PrunedCNMM(nn.Module):
 
 
 class ResCNMM(CNMM):
-    """The residual grid (``residual`` in the module docstring): the same nodes and edges as
+    """The residual grid ("Residual grid" in the module docstring): the same nodes and edges as
     :class:`CNMM`, but a node at depth ``l > s`` adds its same-scale predecessor as an identity
     skip, ``x(l, s) = relu(x(l-1, s) + sum_e m_e f_e(x_src))``, with ``f_e`` a basic-block
     branch. Dropping every edge into a node leaves the identity, so any subset of edges is
