@@ -401,6 +401,12 @@ class CNMM(nn.Module):
         return DynamicOutput(logits, torch.full((x.shape[0],), float(net.macs), dtype=torch.float64, device=x.device))
 
 
+def _copy_bn_channels(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx) -> None:
+    """``dst`` takes ``src``'s scales, shifts and running statistics at channels ``idx``."""
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(dst, name).data = getattr(src, name).data[idx].clone()
+
+
 class PrunedCNMM(nn.Module):
     """The static network a PruneSpec keeps: sliced copies of the kept edges, mean-field
     weights renormalised over each node's kept edges. No reference to the parent model."""
@@ -427,8 +433,7 @@ class PrunedCNMM(nn.Module):
             conv = nn.Conv2d(len(live[a]), len(out_c), 3, blk[0].stride, 1, bias=False)
             conv.weight.data = blk[0].weight.data[out_c][:, in_idx].clone()
             bn = nn.BatchNorm2d(len(out_c))
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(bn, name).data = getattr(blk[1], name).data[out_c].clone()
+            _copy_bn_channels(bn, blk[1], out_c)
             self.convs.append(nn.Sequential(conv, bn, nn.ReLU(inplace=True)))
             self.src.append(a)
             self.dst.append(d)
@@ -619,8 +624,7 @@ class PrunedResCNMM(PrunedCNMM):
             idx = torch.tensor(keep, dtype=torch.long)
             new.conv1.weight.data = blk.conv1.weight.data[idx].clone()
             new.conv2.weight.data = blk.conv2.weight.data[:, idx].clone()
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(new.bn1, name).data = getattr(blk.bn1, name).data[idx].clone()
+            _copy_bn_channels(new.bn1, blk.bn1, idx)
             new.bn2.load_state_dict(blk.bn2.state_dict())
             self.blocks.append(new)
             self.src.append(rep[a])
@@ -635,14 +639,14 @@ class PrunedResCNMM(PrunedCNMM):
 
     def forward(self, x: Tensor) -> Tensor:
         vals = {0: self.stem(x)}
-        acc = torch.zeros(0)
+        acc: Tensor | None = None  # the running sum of the edges into the current node
         for i, blk in enumerate(self.blocks):
             y = self.weights[i] * blk(vals[self.src[i]])
-            acc = y if acc.dim() == 1 else acc + y  # first edge into this node starts the sum
+            acc = y if acc is None else acc + y
             if self.last[i]:
                 s = self.skip_of[i]
                 vals[self.dst[i]] = F.relu(acc + vals[s]) if s >= 0 else F.relu(acc)
-                acc = torch.zeros(0)
+                acc = None
         return self.head(torch.flatten(F.adaptive_avg_pool2d(vals[self.out], 1), 1))
 
 
