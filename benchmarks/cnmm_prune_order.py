@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from anycost.data import load_dataset
-from anycost.eval import OperatingPoint, collect_outputs
+from anycost.eval import OperatingPoint, evaluate_curve
 from anycost.records import make_record, write_json_atomic
 from anycost.zoo import resolve_model
 
@@ -33,15 +33,12 @@ def main():
     mean, std = meta.get("mean", sd.mean), meta.get("std", sd.std)
     rows = []
     for avoid in (False, True):
-        for f in FRACTIONS:
-            spec = m.prune_edges(f * m.full_macs(), avoid_cascades=avoid)
-            op = OperatingPoint(f"edges {f:.0%}", {"prune": spec.to_dict()})
-            row = {"order": "avoid cascades" if avoid else "probability", "fraction": f}
-            for split in ("calib", "holdout"):
-                out = collect_outputs(m, sd.get(split), mean, std, op, 500)
-                row[split] = 100 * (out.logits.argmax(1) == out.labels).float().mean().item()
-                row["macs"] = out.macs.mean().item()
-            rows.append(row)
+        ops = [OperatingPoint(f"edges {f:.0%}", {"prune": m.prune_edges(f * m.full_macs(), avoid_cascades=avoid).to_dict()})
+               for f in FRACTIONS]
+        cal, hold = (evaluate_curve(m, sd.get(split), mean, std, ops, batch_size=500).points
+                     for split in ("calib", "holdout"))
+        rows += [{"order": "avoid cascades" if avoid else "probability", "fraction": f, "calib": c.accuracy,
+                  "holdout": h.accuracy, "macs": h.macs_mean} for f, c, h in zip(FRACTIONS, cal, hold)]
     print("| edge order | budget | MACs (M) | calib top-1 (%) | holdout top-1 (%) |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
