@@ -11,29 +11,27 @@ DATA=${DATA:-../shared/data}
 R=benchmarks/records
 mkdir -p $R/calibrate $R/eval $R/bench $R/train
 
+# Train one CNMM with the cpu recipe (resumable), prune it with every mechanism on holdout,
+# export it to the zoo as NAME.cifar10 and time it:  cnmm NAME EPOCHS MODEL_KWARGS_JSON
+cnmm() {
+  local run=runs/cifar10-cpu/$1 flag=""
+  [ -f $run/last.pt ] && flag=--resume
+  anycost train $1 --recipe cpu --epochs $2 --data-dir "$DATA" --out $run $flag \
+    --threads ${THREADS:-2} --set "model_kwargs=$3"
+  cp $run/record.json $R/train/$1.cifar10.json
+  anycost calibrate $run --data-dir "$DATA" --name $1 --split holdout --export $1.cifar10 \
+    --record $R/calibrate/$1.cifar10.json
+  anycost bench $1.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$1.cifar10.json
+}
+
 # D8=0 / R6=0 skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
-  run=runs/cifar10-cpu/cnmm_d8
-  flag=""; [ -f $run/last.pt ] && flag=--resume
-  anycost train cnmm_d8 --recipe cpu --epochs ${CNMM_EPOCHS:-14} --data-dir "$DATA" --out $run $flag \
-    --threads ${THREADS:-2} --set 'model_kwargs={"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
-  cp $run/record.json $R/train/cnmm_d8.cifar10.json
-  anycost calibrate $run --data-dir "$DATA" --name cnmm_d8 --split holdout --export cnmm_d8.cifar10 \
-    --record $R/calibrate/cnmm_d8.cifar10.json
-  anycost bench cnmm_d8.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/cnmm_d8.cifar10.json
+  cnmm cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
-
 # The residual grid (ResCNMM, README "our design"): 24 epochs of the cpu recipe at ~2 min each,
 # one network of the mixture per batch, every optional edge kept with probability at most 0.6.
 if [ "${R6:-1}" = 1 ]; then
-  run=runs/cifar10-cpu/cnmm_r6
-  flag=""; [ -f $run/last.pt ] && flag=--resume
-  anycost train cnmm_r6 --recipe cpu --epochs 24 --data-dir "$DATA" --out $run $flag \
-    --threads ${THREADS:-2} --set 'model_kwargs={"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}'
-  cp $run/record.json $R/train/cnmm_r6.cifar10.json
-  anycost calibrate $run --data-dir "$DATA" --name cnmm_r6 --split holdout --export cnmm_r6.cifar10 \
-    --record $R/calibrate/cnmm_r6.cifar10.json
-  anycost bench cnmm_r6.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/cnmm_r6.cifar10.json
+  cnmm cnmm_r6 24 '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}'
 fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
