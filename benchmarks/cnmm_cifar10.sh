@@ -24,7 +24,7 @@ cnmm() {
   anycost bench $1.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$1.cifar10.json
 }
 
-# D8=0 / R6=0 skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -33,15 +33,20 @@ fi
 if [ "${R6:-1}" = 1 ]; then
   cnmm cnmm_r6 24 '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}'
 fi
+# The same grid and recipe trained by budget sampling (cnmm_r6b): each batch runs the network
+# that edge pruning keeps at a random MAC budget, so the networks trained are the ones deployed.
+if [ "${R6B:-1}" = 1 ]; then
+  cnmm cnmm_r6b 24 '{"cost_weight": 0.1, "slim_l1": 0.1}'
+fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
-anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
+anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6: *+bn' --exclude 'cnmm_r6: channels*' \
   --title "CIFAR-10: one CNMM pruned to many budgets (holdout); cnmm_r6: residual grid"
 {
-  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6}.cifar10{,-e30}.json 2>/dev/null) --summary
+  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b}.cifar10{,-e30}.json 2>/dev/null) --summary
   echo
-  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6}.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_{d8,d8_e30,r6}.cifar10.json 2>/dev/null)
+  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b}.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b}.cifar10.json 2>/dev/null)
 } > benchmarks/cnmm_cifar10.md

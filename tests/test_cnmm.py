@@ -360,3 +360,62 @@ def test_residual_prune_order_option_cuts_nothing_else_while_it_can():
     # gentle: two edges, each alone; probability order: its second cut is the last exit, and a scale goes with it
     for f in (0.5, 0.2):  # both still meet any reachable budget
         assert m.spec_macs(m.prune_edges(f * full, avoid_cascades=True)) <= f * full
+
+
+def _ran_edges(m, x):
+    """Indices of the edges whose branch ran in one forward of m."""
+    ran = set()
+    hooks = [e.register_forward_hook(lambda mod, i, o, k=k: ran.add(k)) for k, e in enumerate(m.edges)]
+    m(x)
+    for h in hooks:
+        h.remove()
+    return ran
+
+
+def test_budget_sampling_trains_the_networks_pruning_deploys():
+    torch.manual_seed(0)
+    m = create_model("test_cnmm_r", num_classes=10, in_chans=1, sampling="budget", order_noise=(0.0, 0.0))
+    with torch.no_grad():  # a strict order, so that pruning by probability is unambiguous
+        m.logits.copy_(torch.linspace(-2, 2, len(m.edge_list))[torch.randperm(len(m.edge_list))])
+    x = torch.randn(2, 1, 8, 8)
+    seen = set()
+    for _ in range(40):
+        ran = _ran_edges(m.train(), x)
+        macs = m.spec_macs(PruneSpec(sorted(ran)))
+        # without noise, every batch runs exactly the network edge pruning keeps at its MACs
+        assert ran == m._alive(set(m.prune_edges(macs).edges))
+        seen.add(macs)
+    assert len(seen) >= 4  # budgets vary from batch to batch
+    assert min(seen) < 0.5 * m.full_macs() < max(seen)
+    # kept edges run at weight 1 everywhere: eval is the full network, and exports agree
+    m.eval()
+    assert torch.equal(m.edge_weights(), torch.ones(len(m.edge_list)))
+    for frac in (1.0, 0.5):
+        net = m.prune(frac * m.full_macs(), "edges").eval()
+        assert all(w == 1.0 for w in net.weights)
+    assert torch.allclose(m.prune(m.full_macs(), "edges").eval()(x), m(x), atol=1e-5)
+
+
+def test_budget_sampling_with_noise_runs_valid_networks_and_learns_logits():
+    torch.manual_seed(0)
+    m = create_model("test_cnmm_r", num_classes=10, in_chans=1, sampling="budget", order_noise=(5.0, 5.0)).train()
+    x = torch.randn(4, 1, 8, 8)
+    mand = {e for e, k in enumerate(m.mandatory.tolist()) if k}
+    nets = set()
+    for _ in range(20):
+        ran = _ran_edges(m, x)
+        assert mand <= ran and m._alive(ran) == ran  # the always-on chain, and no dead branch computed
+        nets.add(frozenset(ran))
+    assert len(nets) >= 5  # noisy order: many networks of the mixture
+    m.zero_grad()
+    loss, _ = m.training_loss(x, torch.tensor([0, 1, 2, 3]), criterion=torch.nn.CrossEntropyLoss())
+    loss.backward()
+    ran = [e.conv1.weight.grad is not None for e in m.edges]
+    assert all((m.logits.grad[e] != 0) == (ran[e] and e not in mand) for e in range(len(ran)))
+
+
+def test_residual_sampling_options_are_checked():
+    with pytest.raises(ValueError, match="sampling is"):
+        create_model("test_cnmm_r", sampling="paths")
+    with pytest.raises(ValueError, match="order_noise"):
+        create_model("test_cnmm_r", sampling="budget", order_noise=(1.0, -1.0))

@@ -317,7 +317,11 @@ class CNMM(nn.Module):
         worse on calib (benchmarks/cnmm_prune_order.md). None if even the cheapest network does not fit."""
         p = self.probabilities().tolist()
         key = (lambda e: p[e]) if score == "prob" else (lambda e: p[e] / self.edge_macs[e])
-        order = sorted(range(len(self.edge_list)), key=key)
+        return self._prune_in_order(sorted(range(len(self.edge_list)), key=key), budget, avoid_cascades)
+
+    def _prune_in_order(self, order: list[int], budget: float, avoid_cascades: bool = False) -> PruneSpec | None:
+        """Drop edges in ``order`` (first = first to go), with the edges each removal cuts
+        off, until the kept network's MACs <= budget; None if nothing fits."""
         kept = set(range(len(self.edge_list)))
         while self.spec_macs(PruneSpec(sorted(kept))) > budget:
             options = [(e, self._alive(kept - {e})) for e in order if e in kept]
@@ -510,15 +514,28 @@ class ResCNMM(CNMM):
     sample ``b``, the gradient that of ``p * f_e``) from the edges that ran, plus the cost
     term. Inference is mean-field: ``m_e = p_e``, exact in expectation for the sum. The
     pruned networks drop inner channels of the branches (by ``|gamma|`` of the first BN),
-    so node widths, and the identities, stay whole. Classification only."""
+    so node widths, and the identities, stay whole. Classification only.
+
+    ``sampling="budget"`` draws the per-batch network differently (see :meth:`_budget_sample`):
+    a MAC budget uniform between the cheapest and the full network, and the network that
+    edge pruning keeps at that budget when edges are ranked by their logits plus logistic
+    noise of scale ``order_noise`` (annealed from the first to the second value). The networks
+    trained are then the ones pruning deploys, and kept edges run at weight 1 in training, in
+    the full network and in every pruned one (there is no mean-field scaling to undo)."""
 
     skips_per_batch = True  # training skips edges, so data-parallel training must allow unused parameters
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, depth: int = 6, scales: int = 3,
                  widths: tuple[int, ...] = (16, 32, 64), input_hw: int = 32, init_logit: float = 3.0,
-                 cost_weight: float = 0.0, slim_l1: float = 0.0, keep_max: float = 0.75, task: str = "classify"):
+                 cost_weight: float = 0.0, slim_l1: float = 0.0, keep_max: float = 0.75, task: str = "classify",
+                 sampling: str = "edges", order_noise: tuple[float, float] = (1.0, 0.1)):
         if task != "classify":
             raise ValueError("the residual grid classifies only; use CNMM(task='segment') for dense prediction")
+        if sampling not in ("edges", "budget"):
+            raise ValueError(f"sampling is 'edges' (independent Bernoulli per edge) or 'budget', got {sampling!r}")
+        if len(order_noise) != 2 or min(order_noise) < 0:
+            raise ValueError(f"order_noise is (start, end) >= 0, got {order_noise}")
+        self.sampling, self.order_noise = sampling, tuple(float(v) for v in order_noise)
         super().__init__(num_classes, in_chans, depth, scales, widths, input_hw, init_logit, (1.0, 1.0),
                          cost_weight, slim_l1, task, keep_max)
         self.edges = nn.ModuleList(
@@ -541,14 +558,37 @@ class ResCNMM(CNMM):
     def _slim_gammas(self) -> list[Tensor]:
         return [e.bn1.weight for e in self.edges]
 
+    def edge_weights(self) -> Tensor:
+        """(E,) what each kept edge's branch is multiplied by at inference: ``p_e`` (mean-field)
+        under per-edge sampling, 1 under budget sampling (the value training ran)."""
+        p = self.probabilities()
+        return p if self.sampling == "edges" else torch.ones_like(p)
+
+    def _budget_sample(self) -> Tensor:
+        """(E,) 0/1: the edges kept by pruning to a budget uniform in [cheapest, full] MACs, in
+        the order of the logits plus logistic noise (so every network has some chance, and the
+        noise-free order, the one deployed, dominates as the noise anneals)."""
+        lo, hi = self.spec_macs(PruneSpec([])), self.full_macs()
+        budget = lo + float(torch.rand(())) * (hi - lo)
+        n0, n1 = self.order_noise
+        scale = n0 * (n1 / n0) ** min(1.0, max(0.0, self.progress)) if n0 > 0 and n1 > 0 else n0
+        u = torch.rand(len(self.edge_list)).clamp(1e-6, 1 - 1e-6)
+        score = (self.logits.detach().cpu() + scale * (u.log() - (-u).log1p())).tolist()
+        spec = self._prune_in_order(sorted(range(len(score)), key=score.__getitem__), budget)
+        b = torch.zeros(len(self.edge_list))
+        b[sorted(self._alive(set(spec.edges)))] = 1.0  # the cheapest network always fits: spec is not None
+        return b
+
     def forward(self, x: Tensor) -> Tensor:
         p = self._p()  # (E,)
         if self.training:
-            b = (torch.rand(p.shape, device=p.device) < p).to(p.dtype)  # one network of the mixture per batch
+            # one network of the mixture per batch: independent Bernoulli edges, or a random budget
+            b = (torch.rand(p.shape, device=p.device) < p).to(p.dtype) if self.sampling == "edges" \
+                else self._budget_sample().to(device=p.device, dtype=p.dtype)
             w = b + (p - p.detach())  # value b, gradient of p (straight-through)
             on = b.bool().tolist()
         else:
-            w, on = p, [True] * len(self.edge_list)
+            w, on = self.edge_weights().to(p.dtype), [True] * len(self.edge_list)
         vals: list[Tensor | None] = [None] * len(self.node_list)
         vals[0] = self.stem(x)
         for i in range(1, len(self.node_list)):
@@ -602,7 +642,7 @@ class PrunedResCNMM(PrunedCNMM):
         nn.Module.__init__(self)
         self.spec, self.task = spec, cnmm.task
         alive = sorted(cnmm._alive(set(spec.edges)))
-        p = cnmm.probabilities().tolist()
+        p = cnmm.edge_weights().tolist()
         computed = {cnmm.edge_list[e][1] for e in alive}
         rep = {0: 0}  # node -> the node holding its value (itself, or its skip's value when it computes nothing)
         for i in range(1, len(cnmm.node_list)):
@@ -684,6 +724,16 @@ def cnmm_d12(**kw):
 def cnmm_r6(**kw):
     """Residual grid, depth 6, three scales at widths (16, 32, 64) for 32x32 inputs (all
     edges: 92 M MACs; the cheapest network, stem and two diagonal edges: 7.6 M)."""
+    return ResCNMM(depth=6, **kw)
+
+
+@register_model(family="cnmm")
+def cnmm_r6b(**kw):
+    """``cnmm_r6`` trained by budget sampling (:class:`ResCNMM`): each batch runs the network
+    edge pruning keeps at a random MAC budget, ranked by logits (from 0) plus annealed noise."""
+    kw.setdefault("sampling", "budget")
+    kw.setdefault("keep_max", 1.0)
+    kw.setdefault("init_logit", 0.0)
     return ResCNMM(depth=6, **kw)
 
 
