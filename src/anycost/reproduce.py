@@ -85,6 +85,8 @@ SUITES = {
         # the residual grid: 24 epochs, 45.5 min on the 2-core CPU (ResNet-20's 30 epochs: 57 min)
         Entry("cnmm_r6.cifar10", "cnmm", "cnmm", "cnmm_r6", {"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6},
               epochs=24),
+        # the same grid trained by budget sampling (each batch runs the network pruning keeps at a random budget)
+        Entry("cnmm_r6b.cifar10", "cnmm", "cnmm", "cnmm_r6b", {"cost_weight": 0.1, "slim_l1": 0.1}, epochs=24),
     ],
     # a miniature of the same pipeline on the embedded digits (tests, offline trials)
     "digits": [

@@ -43,6 +43,15 @@ re-training. Everything below that goes beyond this is **our design**:
   down to stem -> the two always-on diagonal edges -> head (8 % of the MACs). It also trains
   one network of the mixture per batch (hard Bernoulli, straight-through for ``p``) instead of
   per-example Concrete masks, so a step pays only for the edges it samples.
+* **Budget sampling** (``ResCNMM(sampling="budget")``, ``cnmm_r6b``). With independent edges
+  and near-equal probabilities, the networks trained are random halves of the grid while the
+  networks deployed are probability-ordered prefixes, and the mean-field full mixture is a
+  network training never ran. Budget sampling draws, per batch, a MAC budget uniform between
+  the cheapest and the full network and runs the network edge pruning keeps at that budget,
+  edges ranked by their logits plus annealed logistic noise (exploration early, the deployed
+  order late). Kept edges run at weight 1 in training, in the full network and in every
+  pruned one, so each operating point is a network that training ran; the logits still learn
+  by straight-through from the edges that ran, against the cost term, and set the order.
 """
 
 from __future__ import annotations
