@@ -24,7 +24,7 @@ cnmm() {
   anycost bench $1.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$1.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 (and CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -37,6 +37,20 @@ fi
 # that edge pruning keeps at a random MAC budget, so the networks trained are the ones deployed.
 if [ "${R6B:-1}" = 1 ]; then
   cnmm cnmm_r6b 24 '{"cost_weight": 0.1, "slim_l1": 0.1}'
+  python benchmarks/cnmm_prune_order.py cnmm_r6b.cifar10 --data-dir "$DATA" \
+    --record $R/eval/cnmm_r6b-prune-order.json > benchmarks/cnmm_r6b_prune_order.md
+fi
+# The cheapest network (stem -> two diagonal edges -> head) trained alone, 30 epochs like the
+# static ResNets (every optional edge at probability zero), against the same network taken out
+# of each mixture (CHAIN=0 skips)
+if [ "${CHAIN:-1}" = 1 ]; then
+  run=runs/cifar10-cpu/cnmm_r6_chain flag=""
+  [ -f $run/last.pt ] && flag=--resume
+  anycost train cnmm_r6 --recipe cpu --epochs 30 --data-dir "$DATA" --out $run $flag --threads ${THREADS:-2} \
+    --set 'model_kwargs={"init_logit": -100.0, "keep_max": 1.0}'
+  cp $run/record.json $R/train/cnmm_r6_chain.cifar10.json
+  python benchmarks/cnmm_chain.py cnmm_r6.cifar10 cnmm_r6b.cifar10 $run --data-dir "$DATA" \
+    --record $R/eval/cnmm_r6-chain.json > benchmarks/cnmm_chain.md
 fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
@@ -44,7 +58,8 @@ others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best ot
 anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6: *+bn' --exclude 'cnmm_r6: channels*' \
-  --title "CIFAR-10: one CNMM pruned to many budgets (holdout); cnmm_r6: residual grid"
+    --exclude 'cnmm_r6b: *+bn' --exclude 'cnmm_r6b: channels*' \
+  --title "CIFAR-10: one CNMM pruned to many budgets (holdout); cnmm_r6: residual grid, r6b: budget-sampled"
 {
   anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b}.cifar10{,-e30}.json 2>/dev/null) --summary
   echo
