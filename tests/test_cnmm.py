@@ -414,6 +414,15 @@ def test_budget_sampling_with_noise_runs_valid_networks_and_learns_logits():
     assert all((m.logits.grad[e] != 0) == (ran[e] and e not in mand) for e in range(len(ran)))
 
 
+def test_anneal_is_geometric_and_reaches_zero():
+    from anycost.models.cnmm import anneal
+
+    assert anneal(1.0, 0.2, 0.0) == 1.0 and anneal(1.0, 0.2, 1.0) == pytest.approx(0.2)
+    assert anneal(1.0, 0.01, 0.5) == pytest.approx(0.1)  # geometric: the midpoint is the geometric mean
+    assert anneal(1.0, 0.0, 1.0) == 0.0 and anneal(1.0, 0.0, 0.5) == 0.5  # an end at 0 is reached linearly
+    assert anneal(0.0, 0.0, 0.3) == 0.0 and anneal(1.0, 0.2, 7.0) == pytest.approx(0.2)  # progress is clamped
+
+
 def test_residual_sampling_options_are_checked():
     with pytest.raises(ValueError, match="sampling is"):
         create_model("test_cnmm_r", sampling="paths")

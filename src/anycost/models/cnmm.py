@@ -214,8 +214,7 @@ class CNMM(nn.Module):
     # ----------------------------------------------------------------- forward
 
     def _temperature(self) -> float:
-        t0, t1 = self.tau
-        return t0 * (t1 / t0) ** min(1.0, max(0.0, self.progress))
+        return anneal(*self.tau, self.progress)
 
     def _masks(self, b: int, device) -> Tensor:
         """(E, B) edge weights: Concrete samples in training, probabilities at inference."""
@@ -414,6 +413,13 @@ class CNMM(nn.Module):
         return DynamicOutput(logits, torch.full((x.shape[0],), float(net.macs), dtype=torch.float64, device=x.device))
 
 
+def anneal(start: float, end: float, progress: float) -> float:
+    """A value going from ``start`` to ``end`` as ``progress`` goes from 0 to 1: geometric, as
+    temperatures are annealed, or linear when an end is 0 (a geometric schedule cannot reach it)."""
+    t = min(1.0, max(0.0, progress))
+    return start * (end / start) ** t if start > 0 and end > 0 else start + (end - start) * t
+
+
 def _copy_bn_channels(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx) -> None:
     """``dst`` takes ``src``'s scales, shifts and running statistics at channels ``idx``."""
     for name in ("weight", "bias", "running_mean", "running_var"):
@@ -579,8 +585,7 @@ class ResCNMM(CNMM):
         noise-free order, the one deployed, dominates as the noise anneals)."""
         lo, hi = self.spec_macs(PruneSpec([])), self.full_macs()
         budget = lo + float(torch.rand(())) * (hi - lo)
-        n0, n1 = self.order_noise
-        scale = n0 * (n1 / n0) ** min(1.0, max(0.0, self.progress)) if n0 > 0 and n1 > 0 else n0
+        scale = anneal(*self.order_noise, self.progress)
         u = torch.rand(len(self.edge_list)).clamp(1e-6, 1 - 1e-6)
         score = (self.logits.detach().cpu() + scale * (u.log() - (-u).log1p())).tolist()
         spec = self._prune_in_order(sorted(range(len(score)), key=score.__getitem__), budget)
