@@ -11,34 +11,42 @@ DATA=${DATA:-../shared/data}
 R=benchmarks/records
 mkdir -p $R/calibrate $R/eval $R/bench $R/train
 
-# Train one CNMM with the cpu recipe (resumable), prune it with every mechanism on holdout,
-# export it to the zoo as NAME.cifar10 and time it:  cnmm NAME EPOCHS MODEL_KWARGS_JSON
+# Train one CNMM with the cpu recipe (resumable), prune it with every mechanism on holdout
+# (the greedy edge order chosen on calib), export it to the zoo as NAME.cifar10 and time it:
+#   cnmm NAME MODEL EPOCHS MODEL_KWARGS_JSON [more `anycost train` arguments]
 cnmm() {
-  local run=runs/cifar10-cpu/$1 flag=""
+  local name=$1 model=$2 epochs=$3 kw=$4 run=runs/cifar10-cpu/$1 flag=""
+  shift 4
   [ -f $run/last.pt ] && flag=--resume
-  anycost train $1 --recipe cpu --epochs $2 --data-dir "$DATA" --out $run $flag \
-    --threads ${THREADS:-2} --set "model_kwargs=$3"
-  cp $run/record.json $R/train/$1.cifar10.json
-  anycost calibrate $run --data-dir "$DATA" --name $1 --split holdout --export $1.cifar10 \
-    --record $R/calibrate/$1.cifar10.json
-  anycost bench $1.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$1.cifar10.json
+  anycost train $model --recipe cpu --epochs $epochs --data-dir "$DATA" --out $run $flag \
+    --threads ${THREADS:-2} --set "model_kwargs=$kw" "$@"
+  cp $run/record.json $R/train/$name.cifar10.json
+  anycost calibrate $run --data-dir "$DATA" --name $name --split holdout --export $name.cifar10 \
+    --record $R/calibrate/$name.cifar10.json
+  anycost bench $name.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 (and CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 / R6FT=0 (and CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
-  cnmm cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
+  cnmm cnmm_d8 cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
 # The residual grid (ResCNMM, README "our design"): 24 epochs of the cpu recipe at ~2 min each,
 # one network of the mixture per batch, every optional edge kept with probability at most 0.6.
 if [ "${R6:-1}" = 1 ]; then
-  cnmm cnmm_r6 24 '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}'
+  cnmm cnmm_r6 cnmm_r6 24 '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}'
 fi
 # The same grid and recipe trained by budget sampling (cnmm_r6b): each batch runs the network
 # that edge pruning keeps at a random MAC budget, so the networks trained are the ones deployed.
 if [ "${R6B:-1}" = 1 ]; then
-  cnmm cnmm_r6b 24 '{"cost_weight": 0.1, "slim_l1": 0.1}'
+  cnmm cnmm_r6b cnmm_r6b 24 '{"cost_weight": 0.1, "slim_l1": 0.1}'
   python benchmarks/cnmm_prune_order.py cnmm_r6b.cifar10 --data-dir "$DATA" \
     --record $R/eval/cnmm_r6b-prune-order.json > benchmarks/cnmm_r6b_prune_order.md
+fi
+# cnmm_r6 trained on (cnmm_r6_ft): 20 more epochs from its final weights, one-cycle at peak lr
+# 0.05, same kwargs; 44 epochs in all (R6FT=0 skips)
+if [ "${R6FT:-1}" = 1 ]; then
+  cnmm cnmm_r6_ft cnmm_r6 20 '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
+    --lr 0.05 --init-from runs/cifar10-cpu/cnmm_r6
 fi
 # The cheapest network (stem -> two diagonal edges -> head) trained alone, 30 epochs like the
 # static ResNets (every optional edge at probability zero), against the same network taken out
@@ -55,13 +63,14 @@ fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
-anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
+anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6: *+bn' --exclude 'cnmm_r6: channels*' \
-    --exclude 'cnmm_r6b: *+bn' --exclude 'cnmm_r6b: channels*' \
+    --exclude 'cnmm_r6b: *+bn' --exclude 'cnmm_r6b: channels*' --exclude 'cnmm_r6_ft: *+bn' \
+    --exclude 'cnmm_r6_ft: channels*' \
   --title "CIFAR-10: one CNMM pruned to many budgets (holdout); cnmm_r6: residual grid, r6b: budget-sampled"
 {
-  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b}.cifar10{,-e30}.json 2>/dev/null) --summary
+  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft}.cifar10{,-e30}.json 2>/dev/null) --summary
   echo
-  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b}.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b}.cifar10.json 2>/dev/null)
+  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft}.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft}.cifar10.json 2>/dev/null)
 } > benchmarks/cnmm_cifar10.md

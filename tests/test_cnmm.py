@@ -230,8 +230,12 @@ def test_calibrate_cli_exports_pruned_points_that_eval_reproduces(tmp_path, caps
                  "--record", str(tmp_path / "cal.json")]) == 0
     rec = json.loads((tmp_path / "cal.json").read_text())
     methods = {c["method"].split(": ")[-1] for c in rec["results"]["curves"]}
-    assert methods >= {"edges", "channels", "both", "edges+bn", "channels+bn", "both+bn"}
+    assert methods >= {"edges", "channels", "both", "greedy", "edges+bn", "channels+bn", "both+bn", "greedy+bn"}
     assert {c["measured_on"] for c in rec["results"]["curves"]} == {"holdout"}
+    chosen = {c["method"].split(": ")[-1]: c["calibrated_on"] for c in rec["results"]["curves"]}
+    assert chosen["greedy"].startswith("calib") and chosen["edges"] is None  # greedy's order was chosen on calib
+    path = [PruneSpec.from_dict(d) for d in rec["results"]["greedy_path"]]
+    assert len(path) > 2 and all(set(b.edges) < set(a.edges) for a, b in zip(path, path[1:]))
     capsys.readouterr()
     assert main(["eval", str(zoo / "cnmm.digits.pt"), "--split", "holdout", "--json", "--no-record"]) == 0
     ev = json.loads(capsys.readouterr().out)
@@ -249,6 +253,11 @@ def test_calibrate_cli_exports_pruned_points_that_eval_reproduces(tmp_path, caps
     assert pts and all(p["macs_mean"] <= m.full_macs() * 0.5 for p in pts)
     assert main(["calibrate", str(run), "--budget", "10", "--record", str(tmp_path / "c.json")]) == 2
     assert "no pruning mechanism reaches" in capsys.readouterr().err
+    # measured on calib: the greedy order is not chosen there too
+    assert main(["calibrate", str(run), "--split", "calib", "--budget", str(m.full_macs() * 0.5),
+                 "--record", str(tmp_path / "d.json")]) == 0
+    assert "no greedy edge order: --calib-split = --split" in capsys.readouterr().out
+    assert not any("greedy" in c["method"] for c in json.loads((tmp_path / "d.json").read_text())["results"]["curves"])
 
 
 # ----------------------------------------------------------------- the residual grid (ResCNMM)
@@ -343,6 +352,67 @@ def test_residual_mixture_is_usable_pruned_and_exported(trained_res, tmp_path):
     ep = torch.export.export(net, (x,))
     torch.export.save(ep, str(tmp_path / "pruned.pt2"))
     assert torch.allclose(torch.export.load(str(tmp_path / "pruned.pt2")).module()(x), net(x), atol=1e-5)
+
+
+def _calib_loss(m, spec, batches):
+    net = m._export(spec).eval()
+    with torch.no_grad():
+        return sum(torch.nn.functional.cross_entropy(net(x), y, reduction="sum").item() for x, y in batches)
+
+
+def test_greedy_path_is_nested_and_takes_the_cheapest_loss_per_mac(trained_res):
+    """The calibrated edge order: nested networks from full to the diagonal chain, each step
+    the removal with the least calib-loss increase per MAC saved (checked by brute force)."""
+    from anycost.models.cnmm import spec_on_path
+
+    m, data = trained_res
+    batches = list(BatchLoader(data.get("calib"), 64, data.mean, data.std))
+    path = m.greedy_edge_path(batches)
+    full, chain = m.full_spec(), PruneSpec(sorted(m._alive(set())))
+    assert path[0].edges == full.edges and path[-1].edges == chain.edges
+    macs = [m.spec_macs(s) for s in path]
+    assert all(a > b for a, b in zip(macs, macs[1:]))
+    assert all(set(b.edges) < set(a.edges) for a, b in zip(path, path[1:]))
+    # step one by brute force: every removal, with the edges it cuts off
+    cur = _calib_loss(m, full, batches)
+    cands = {frozenset(m._alive(set(full.edges) - {e})) for e in full.edges} - {frozenset(full.edges)}
+    ratio = {c: (_calib_loss(m, PruneSpec(sorted(c)), batches) - cur) / (macs[0] - m.spec_macs(PruneSpec(sorted(c))))
+             for c in cands}
+    assert frozenset(path[1].edges) == min(ratio, key=ratio.get)
+    # a budget takes the largest network on the path within it
+    for f in (0.9, 0.5, 0.2):
+        spec = spec_on_path(m, path, f * macs[0])
+        i = [s.edges for s in path].index(spec.edges)
+        assert macs[i] <= f * macs[0] and (i == 0 or macs[i - 1] > f * macs[0])
+    assert spec_on_path(m, path, macs[-1] - 1) is None
+
+
+def test_greedy_order_sees_what_the_probabilities_do_not(trained_res):
+    """An edge whose branch outputs zero costs nothing to remove: the calibrated order drops
+    it first even when its keep probability is the highest, where probability order keeps it."""
+    import copy
+
+    m, data = trained_res
+    m = copy.deepcopy(m)
+    batches = list(BatchLoader(data.get("calib"), 64, data.mean, data.std))
+    opt = [e for e in range(len(m.edge_list)) if not m.mandatory[e] and m._alive(set(range(len(m.edge_list))) - {e})
+           == set(range(len(m.edge_list))) - {e}]  # removals that cut nothing else
+    dead = max(opt, key=lambda e: m.edge_macs[e])
+    with torch.no_grad():
+        m.edges[dead].bn2.weight.zero_()
+        m.edges[dead].bn2.bias.zero_()
+        m.logits[dead] = m.logits.max() + 5
+    path = m.greedy_edge_path(batches)
+    assert dead not in path[1].edges and set(path[0].edges) - set(path[1].edges) == {dead}
+    assert dead in m.prune_edges(m.spec_macs(path[1])).edges  # probability order keeps it
+    with pytest.raises(ValueError, match="greedy_edge_path"):
+        m.prune_spec(0.5 * m.full_macs(), "greedy")
+    with pytest.raises(ValueError, match="calib_loader"):
+        pruning_operating_points(m, mechanisms=("greedy",))
+    res = pruning_operating_points(m, fractions=(1.0, 0.5), mechanisms=("edges", "greedy"), calib_loader=batches)
+    assert [PruneSpec.from_dict(d).edges for d in res["greedy_path"]] == [s.edges for s in path]
+    assert [o.params["prune"]["edges"] for o in res["ops"]["greedy"]] == [s.edges for s in (
+        path[0], next(s for s in path if m.spec_macs(s) <= 0.5 * m.full_macs()))]
 
 
 def test_residual_prune_order_option_cuts_nothing_else_while_it_can():

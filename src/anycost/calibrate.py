@@ -69,24 +69,36 @@ def calibrate_budget(cal: ExitCache, budget: float, policy: str = "threshold", m
 
 
 def calibrate_pruning(model, data: SplitData, split: str, *, name: str = "cnmm", batch_size: int = 500, device="cpu",
-                      mean=None, std=None, bn_batches: int = 20, fractions=None, mechanisms=None) -> dict:
+                      mean=None, std=None, bn_batches: int = 20, fractions=None, mechanisms=None,
+                      calib_split: str | None = "calib", progress: bool = False) -> dict:
     """CNMM operating points: for each pruning mechanism and budget (a fraction of the full
     MACs), the pruned network with and without BN statistics re-estimated on ``bn_batches``
-    un-augmented training batches; one curve per mechanism, measured on ``split``."""
+    un-augmented training batches; one curve per mechanism, measured on ``split``. With a
+    ``calib_split`` other than ``split``, the ``greedy`` mechanism (edges ordered by their
+    measured loss) is added, ordered on that split (un-augmented)."""
     from anycost.eval import evaluate_curve
     from anycost.models.cnmm import pruning_operating_points
 
-    kw = {k: v for k, v in (("fractions", fractions), ("mechanisms", mechanisms)) if v is not None}
+    if calib_split is not None and calib_split == split:
+        raise ValueError("the greedy edge order is chosen on calib_split: measure on another split")
     mean, std = mean or data.mean, std or data.std
+    mechanisms = tuple(mechanisms or ("edges", "channels", "both") + (("greedy",) if calib_split else ()))
+    calib_loader = BatchLoader(data.get(calib_split), batch_size, mean, std, device=device) \
+        if calib_split and "greedy" in mechanisms else None
+    kw = {"fractions": fractions} if fractions is not None else {}
     bn_loader = BatchLoader(data.train, 256, mean, std, device=device)
-    res = pruning_operating_points(model, bn_loader=bn_loader, bn_batches=bn_batches, **kw)
+    res = pruning_operating_points(model, bn_loader=bn_loader, bn_batches=bn_batches, mechanisms=mechanisms,
+                                   calib_loader=calib_loader, progress=progress, **kw)
     curves = []
     for mech, ops in res["ops"].items():
+        chosen = "train (BN statistics)" if mech.endswith("+bn") else None
+        if mech.startswith("greedy"):
+            chosen = f"{calib_split} (edge order)" + (" + train (BN statistics)" if chosen else "")
         with torch.inference_mode():
             c = evaluate_curve(model, data.get(split), mean, std, ops, batch_size=batch_size, device=device,
-                               method=f"{name}: {mech}", measured_on=split,
-                               calibrated_on="train (BN statistics)" if mech.endswith("+bn") else None)
+                               method=f"{name}: {mech}", measured_on=split, calibrated_on=chosen)
         c.family = "cnmm"
         curves.append(c)
     ship = [o for ops in res["ops"].values() for o in ops]
-    return {"curves": curves, "operating_points": ship, "unreachable": res["unreachable"]}
+    return {"curves": curves, "operating_points": ship, "unreachable": res["unreachable"],
+            "greedy_path": res["greedy_path"]}

@@ -322,22 +322,29 @@ def _calibrate_cnmm(a, model, data, norm, name) -> int:
             raise UserError(f"--budget {a.budget / 1e6:.3f} M MACs: give a budget above 0 and at most the full "
                             f"model's {full / 1e6:.3f} M")
         fractions = (a.budget / full,)
+    # the greedy edge order is chosen on --calib-split, never where it is measured
+    greedy = a.calib_split != a.split and data.val is not None
+    if not greedy:
+        print("no greedy edge order: " + ("--calib-split = --split" if data.val is not None else "no validation split"))
     res = calibrate_pruning(model, data, a.split, name=name, batch_size=a.batch_size, device=a.device,
-                            mean=norm["mean"], std=norm["std"], fractions=fractions)
+                            mean=norm["mean"], std=norm["std"], fractions=fractions,
+                            calib_split=a.calib_split if greedy else None, progress=True)
     ops = [o.to_dict() for o in res["operating_points"]]
     if not ops:
         raise UserError(f"no pruning mechanism reaches {a.budget / 1e6:.3f} M MACs")
-    rec = make_record("calibrate", {"model": a.model, "split": a.split, "budget": a.budget, "kind": "cnmm pruning"},
+    rec = make_record("calibrate", {"model": a.model, "split": a.split, "budget": a.budget, "kind": "cnmm pruning",
+                                    "calib_split": a.calib_split if greedy else None},
                       {"curves": [c.to_dict() for c in res["curves"]], "operating_points": ops,
-                       "unreachable": res["unreachable"]}, device=a.device)
+                       "unreachable": res["unreachable"], "greedy_path": res["greedy_path"]}, device=a.device)
     rec_path = a.record or f"runs/calibrate/{name}.json"
     write_json_atomic(rec_path, rec)
-    _export_operating_points(a, model, None, ops, calibrated_on="train (BN statistics)")
+    chosen = "train (BN statistics)" + (f"; {a.calib_split} (greedy edge order)" if greedy else "")
+    _export_operating_points(a, model, None, ops, calibrated_on=chosen)
     print(curves_table(res["curves"]))
     for u in res["unreachable"]:
         print(f"unreachable: {u['mechanism']} at {u['fraction']:.0%} of the full MACs")
-    print(f"\nno split chose these points (they follow from the model's own parameters); measured on: {a.split}; "
-          f"record: {rec_path}")
+    print(f"\nedges, channels, both: no split chose these points (they follow from the model's own parameters)"
+          + (f"; greedy: edge order chosen on {a.calib_split}" if greedy else "") + f"; measured on: {a.split}; record: {rec_path}")
     return 0
 
 
@@ -537,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cascade", nargs="+", metavar="MODEL", help="network selection over these classifiers, cheapest first")
     c.add_argument("--data-dir")
     c.add_argument("--dataset", help="override the dataset recorded with the model")
-    c.add_argument("--calib-split", default="calib", help="where policies are chosen (default: calib, the first half of val)")
+    c.add_argument("--calib-split", default="calib", help="where policies, and a CNMM's greedy edge order, are chosen (default: calib, the first half of val)")
     c.add_argument("--split", default="holdout", help="where they are measured (default: holdout, the second half of val)")
     c.add_argument("--metrics", default="maxprob,entropy,margin", help="threshold confidence metrics, comma-separated")
     c.add_argument("--budget", type=float, help="target mean MACs per image, e.g. 20e6")

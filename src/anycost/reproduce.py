@@ -87,6 +87,9 @@ SUITES = {
               epochs=24),
         # the same grid trained by budget sampling (each batch runs the network pruning keeps at a random budget)
         Entry("cnmm_r6b.cifar10", "cnmm", "cnmm", "cnmm_r6b", {"cost_weight": 0.1, "slim_l1": 0.1}, epochs=24),
+        # cnmm_r6 trained on: 20 more epochs from its final weights at peak lr 0.05 (44 epochs in all)
+        Entry("cnmm_r6_ft.cifar10", "cnmm", "cnmm", "cnmm_r6", {"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6},
+              "cnmm_r6.cifar10", epochs=20, train_kw={"lr": 0.05}),
     ],
     # a miniature of the same pipeline on the embedded digits (tests, offline trials)
     "digits": [
@@ -143,8 +146,11 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
         from anycost.models.cnmm import pruning_operating_points
 
         bn_loader = BatchLoader(data.train, 256, data.mean, data.std)
-        ops = pruning_operating_points(model, bn_loader=bn_loader)["ops"]
-        extra = {"operating_points": [o.to_dict() for v in ops.values() for o in v], "calibrated_on": "train (BN statistics)"}
+        calib = BatchLoader(data.get("calib"), 500, data.mean, data.std)  # orders the edges for "greedy"
+        ops = pruning_operating_points(model, bn_loader=bn_loader, calib_loader=calib,
+                                       mechanisms=("edges", "channels", "both", "greedy"))["ops"]
+        extra = {"operating_points": [o.to_dict() for v in ops.values() for o in v],
+                 "calibrated_on": "train (BN statistics); calib (greedy edge order)"}
     elif e.kind == "lcnet":
         extra = {"operating_points": [o.to_dict() for o in model.operating_points()]}
     export_to_zoo(run, e.name, zoo, extra_meta=extra)
