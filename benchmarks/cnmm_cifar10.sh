@@ -68,7 +68,7 @@ anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft}.cifar10{,-
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6: *+bn' --exclude 'cnmm_r6: channels*' \
     --exclude 'cnmm_r6b: *+bn' --exclude 'cnmm_r6b: channels*' --exclude 'cnmm_r6_ft: *+bn' \
     --exclude 'cnmm_r6_ft: channels*' \
-  --title "CIFAR-10: one CNMM pruned to many budgets (holdout); cnmm_r6: residual grid, r6b: budget-sampled"
+  --title "CIFAR-10: one CNMM pruned to many budgets (holdout); r6: residual grid (r6_ft: 44 epochs), r6b: budget-sampled"
 {
   anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft}.cifar10{,-e30}.json 2>/dev/null) --summary
   echo
