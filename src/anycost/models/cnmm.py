@@ -332,13 +332,18 @@ class CNMM(nn.Module):
         key = (lambda e: p[e]) if score == "prob" else (lambda e: p[e] / self.edge_macs[e])
         return self._prune_in_order(sorted(range(len(self.edge_list)), key=key), budget, avoid_cascades)
 
+    def _removal(self, kept: set[int], e: int) -> set[int] | None:
+        """The edges left when ``e`` goes with every edge it cuts off; None if that removes
+        nothing (e.g. an always-on edge) or no longer joins input to output."""
+        t = self._alive(set(kept) - {e})
+        return t if t != kept and self._connects(t) else None
+
     def _prune_in_order(self, order: list[int], budget: float, avoid_cascades: bool = False) -> PruneSpec | None:
         """Drop edges in ``order`` (first = first to go), with the edges each removal cuts
         off, until the kept network's MACs <= budget; None if nothing fits."""
         kept = set(range(len(self.edge_list)))
         while self.spec_macs(PruneSpec(sorted(kept))) > budget:
-            options = [(e, self._alive(kept - {e})) for e in order if e in kept]
-            options = [(e, t) for e, t in options if t != kept and self._connects(t)]
+            options = [(e, t) for e in order if e in kept and (t := self._removal(kept, e)) is not None]
             if not options:
                 return None
             if avoid_cascades:
@@ -375,8 +380,7 @@ class CNMM(nn.Module):
         path, cur = [PruneSpec(sorted(kept))], loss(kept)
         bar = tqdm(desc="greedy edge pruning", unit=" edges", disable=not progress, leave=False)
         while True:
-            cands = {frozenset(self._alive(set(kept - {e}))) for e in kept}
-            cands = [t for t in cands if t != kept and self._connects(t)]
+            cands = {frozenset(t) for e in kept if (t := self._removal(kept, e)) is not None}
             if not cands:
                 break
             macs = self.spec_macs(PruneSpec(sorted(kept)))
