@@ -143,6 +143,34 @@ def test_augment_batch_crops_and_flips():
     assert torch.equal(augment_batch(x, 2, True, torch.Generator().manual_seed(0)), y)
 
 
+def test_cutout_zeroes_one_clipped_square_per_image():
+    from anycost.data import apply_cutout
+
+    x = torch.ones(3, 2, 8, 8)
+    y = apply_cutout(x, 4, torch.tensor([4, 0, 7]), torch.tensor([4, 0, 2]))
+    assert torch.equal(y[0, 0] == 0, torch.nn.functional.pad(torch.ones(4, 4), (2, 2, 2, 2)).bool())  # rows/cols 2-5
+    assert int((y[1, 0] == 0).sum()) == 4 and bool((y[1, 0, :2, :2] == 0).all())  # clipped at the top-left corner
+    assert int((y[2, 0] == 0).sum()) == 12 and bool((y[2, 0, 5:, 0:4] == 0).all())  # rows 5-7 only: clipped at the bottom
+    assert torch.equal(y[:, 0], y[:, 1])  # every channel: the hole is the mean colour after normalisation
+    assert torch.equal(x, torch.ones(3, 2, 8, 8))  # input untouched
+
+
+def test_loader_cutout_is_training_only_and_keeps_the_stream_without_it():
+    d = load_digits()
+    kw = dict(batch_size=64, mean=[0.5], std=[0.25], shuffle=True, augment=True, flip=False, pad=1)
+    a, _ = next(iter(BatchLoader(d, generator=torch.Generator().manual_seed(3), **kw)))
+    b, _ = next(iter(BatchLoader(d, generator=torch.Generator().manual_seed(3), cutout=4, **kw)))
+    # first batch: same shuffle and crops (cutout draws after them); it only zeroes a square
+    # of at most 4x4 pixels in each image, and in every image at least one
+    changed = (a != b).flatten(1).sum(1)
+    assert bool((changed <= 16).all()) and bool(((b == 0) | (a == b)).all()) and bool((b == 0).flatten(1).any(1).all())
+    # without augment (evaluation), cutout does nothing
+    ev = [x for x, _ in BatchLoader(d, 64, [0.5], [0.25], cutout=4)]
+    assert all(torch.equal(x, y) for x, (y, _) in zip(ev, BatchLoader(d, 64, [0.5], [0.25])))
+    with pytest.raises(ValueError, match="cutout"):
+        BatchLoader(d, 64, [0.5], [0.25], cutout=-1)
+
+
 def test_loader_normalises_and_shards():
     d = load_digits()
     ld = BatchLoader(d, 500, [0.5], [0.25])

@@ -181,3 +181,36 @@ def test_lr_mult_gives_named_parameters_their_own_learning_rate():
         param_groups(m, 5e-4, 0.1, {"predictor_typo": 10})
     with pytest.raises(ValueError, match="lr_mult values must be positive"):
         TrainConfig(lr_mult={"predictors": 0}).validate()
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch):
+    import anycost.train as tr
+
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without AVX512-BF16"):
+        train(tiny_cfg(tmp_path, epochs=1, amp="bf16"))
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # native bf16, or float32: no warning
+        train(tiny_cfg(tmp_path / "b", epochs=1, amp="bf16"))
+        monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)
+        train(tiny_cfg(tmp_path / "c", epochs=1))
+
+
+def test_cpu_has_native_bf16_reads_the_cpu_probes(monkeypatch):
+    import anycost.train as tr
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert tr.cpu_has_native_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert tr.cpu_has_native_bf16() is True
+
+
+def test_cutout_is_validated_and_part_of_the_resume_check(tmp_path):
+    with pytest.raises(ValueError, match="cutout"):
+        train(tiny_cfg(tmp_path / "neg", cutout=-2))
+    train(tiny_cfg(tmp_path, epochs=1, cutout=2))  # 8x8 digits, 2x2 holes
+    with pytest.raises(Exception, match="'cutout' was 2, now 0"):
+        train(tiny_cfg(tmp_path, epochs=1), resume=True)

@@ -77,12 +77,12 @@ def calibrate_pruning(model, data: SplitData, split: str, *, name: str = "cnmm",
     ``calib_split`` other than ``split``, the ``greedy`` mechanism (edges ordered by their
     measured loss) is added, ordered on that split (un-augmented)."""
     from anycost.eval import evaluate_curve
-    from anycost.models.cnmm import pruning_operating_points
+    from anycost.models.cnmm import CALIBRATED_MECHANISMS, MECHANISMS, pruning_operating_points
 
     if calib_split is not None and calib_split == split:
         raise ValueError("the greedy edge order is chosen on calib_split: measure on another split")
     mean, std = mean or data.mean, std or data.std
-    mechanisms = tuple(mechanisms or ("edges", "channels", "both") + (("greedy",) if calib_split else ()))
+    mechanisms = tuple(mechanisms or MECHANISMS + (CALIBRATED_MECHANISMS if calib_split else ()))
     calib_loader = BatchLoader(data.get(calib_split), batch_size, mean, std, device=device) \
         if calib_split and "greedy" in mechanisms else None
     kw = {"fractions": fractions} if fractions is not None else {}

@@ -37,6 +37,7 @@ __all__ = [
     "load_dataset",
     "BatchLoader",
     "augment_batch",
+    "apply_cutout",
     "DATASETS",
 ]
 
@@ -355,6 +356,23 @@ def apply_augmentation(x: Tensor, pad: int, dy: Tensor, dx: Tensor, fl: Tensor) 
     return x
 
 
+def draw_cutout(b: int, h: int, w: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Cutout centres (cy, cx) for ``b`` images, uniform over the image (CPU ``gen``)."""
+    return torch.randint(0, h, (b,), generator=gen), torch.randint(0, w, (b,), generator=gen)
+
+
+def apply_cutout(x: Tensor, size: int, cy: Tensor, cx: Tensor) -> Tensor:
+    """Zero a ``size`` x ``size`` square of each image of x (B, C, H, W) centred at (cy, cx),
+    clipped at the border (DeVries & Taylor, 2017). Applied after normalisation, so the hole
+    is the dataset's mean colour. One mask for the batch, no per-image loop."""
+    h, w = x.shape[-2:]
+    lo = size // 2
+    ys = torch.arange(h, device=x.device)[None, :] - (cy.to(x.device)[:, None] - lo)  # (B, H): row offset in the square
+    xs = torch.arange(w, device=x.device)[None, :] - (cx.to(x.device)[:, None] - lo)  # (B, W)
+    inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]  # (B, H, W)
+    return x.masked_fill(inside[:, None], 0.0)
+
+
 def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
     """Random crop with zero padding and horizontal flip for a whole batch (tensor ops,
     no per-image loop). Offsets and flips come from ``gen`` on the CPU, so the stream is
@@ -372,13 +390,16 @@ class BatchLoader:
     and takes a strided slice)."""
 
     def __init__(self, ds: ImageDataset, batch_size: int, mean, std, *, shuffle: bool = False,
-                 augment: bool = False, flip: bool = True, pad: int = 4, drop_last: bool = False, device="cpu",
+                 augment: bool = False, flip: bool = True, pad: int = 4, cutout: int = 0, drop_last: bool = False, device="cpu",
                  generator: torch.Generator | None = None, channels_last: bool = False,
                  rank: int = 0, world_size: int = 1):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self.ds, self.batch_size = ds, batch_size
         self.shuffle, self.augment, self.flip, self.pad, self.drop_last = shuffle, augment, flip, pad, drop_last
+        if cutout < 0:
+            raise ValueError("cutout must be >= 0 (0: off)")
+        self.cutout = cutout
         self.device = torch.device(device)
         self.gen = generator or torch.Generator().manual_seed(0)
         self.channels_last = channels_last
@@ -413,6 +434,10 @@ class BatchLoader:
                 r, w = self.rank, self.world_size
                 x = apply_augmentation(x, self.pad, dy[r::w], dx[r::w], fl[r::w])
             x = (x.float() / 255.0 - self.mean) / self.std
+            if self.augment and self.cutout:
+                # drawn after the crops and flips, so runs without cutout keep their stream
+                cy, cx = draw_cutout(idx.numel() * self.world_size, x.shape[2], x.shape[3], self.gen)
+                x = apply_cutout(x, self.cutout, cy[r::w], cx[r::w])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.ds.labels[idx].to(self.device, non_blocking=True)

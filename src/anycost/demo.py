@@ -27,7 +27,7 @@ from anycost.data import load_dataset
 from anycost.eval import evaluate_curve
 from anycost.data import BatchLoader
 from anycost.models import create_model
-from anycost.models.cnmm import pruning_operating_points
+from anycost.models.cnmm import MECHANISMS, pruning_operating_points
 from anycost.plot import plot_curves
 from anycost.records import make_record, write_json_atomic
 from anycost.report import curves_table
@@ -91,7 +91,7 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     t0 = time.perf_counter()
     cn = _train(base, out, "cnmm", "test_cnmm", {"widths": [16, 32, 64]}, data)
     bn_loader = BatchLoader(data.train, 128, data.mean, data.std)
-    res = pruning_operating_points(cn, fractions=(1.0, 0.7, 0.5, 0.35, 0.25, 0.15), mechanisms=("edges", "channels", "both"),
+    res = pruning_operating_points(cn, fractions=(1.0, 0.7, 0.5, 0.35, 0.25, 0.15), mechanisms=MECHANISMS,
                                    bn_loader=bn_loader, bn_batches=5)
     for mech, ops in res["ops"].items():
         c = evaluate_curve(cn, hold, data.mean, data.std, ops, method=f"cnmm: {mech}", measured_on=MEASURE)

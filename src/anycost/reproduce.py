@@ -143,12 +143,12 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
                         name=e.name)
         extra = {"operating_points": [o.to_dict() for o in res["operating_points"]], "calibrated_on": "calib"}
     elif e.kind == "cnmm":
-        from anycost.models.cnmm import pruning_operating_points
+        from anycost.models.cnmm import CALIBRATED_MECHANISMS, MECHANISMS, pruning_operating_points
 
         bn_loader = BatchLoader(data.train, 256, data.mean, data.std)
         calib = BatchLoader(data.get("calib"), 500, data.mean, data.std)  # orders the edges for "greedy"
         ops = pruning_operating_points(model, bn_loader=bn_loader, calib_loader=calib,
-                                       mechanisms=("edges", "channels", "both", "greedy"))["ops"]
+                                       mechanisms=MECHANISMS + CALIBRATED_MECHANISMS)["ops"]
         extra = {"operating_points": [o.to_dict() for v in ops.values() for o in v],
                  "calibrated_on": "train (BN statistics); calib (greedy edge order)"}
     elif e.kind == "lcnet":

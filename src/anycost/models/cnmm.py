@@ -75,6 +75,11 @@ from anycost.eval import OperatingPoint
 
 from .registry import register_model
 
+# Pruning mechanisms. The first three follow from the model alone (learned probabilities, BN
+# scales); "greedy" orders the edges by loss measured on held-out batches, so it needs them.
+MECHANISMS = ("edges", "channels", "both")
+CALIBRATED_MECHANISMS = ("greedy",)
+
 
 class EdgeBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: int):
@@ -444,7 +449,8 @@ class CNMM(nn.Module):
             mid = full - edge_share * (full - budget)
             e = self.prune_edges(mid)
             return self.prune_channels(budget, e) if e is not None else None
-        raise ValueError(f"unknown pruning mechanism '{mechanism}' (edges, channels, both or greedy)")
+        raise ValueError(f"unknown pruning mechanism '{mechanism}' "
+                         f"(one of {', '.join(MECHANISMS + CALIBRATED_MECHANISMS)})")
 
     # ----------------------------------------------------------------- anycost interface
 
@@ -842,7 +848,7 @@ def spec_on_path(model: CNMM, path: list[PruneSpec], budget: float) -> PruneSpec
 
 
 def pruning_operating_points(model: CNMM, fractions=(1.0, 0.75, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15),
-                             mechanisms=("edges", "channels", "both"), bn_loader=None, bn_batches: int = 20,
+                             mechanisms=MECHANISMS, bn_loader=None, bn_batches: int = 20,
                              calib_loader=None, progress: bool = False) -> dict:
     """Operating points of one trained CNMM: for each mechanism and budget fraction of the
     full MACs, the PruneSpec (and, when ``bn_loader`` is given, a second point with BN
