@@ -4,7 +4,7 @@ taken out of each jointly trained mixture, against the same network trained alon
 The network trained alone is ``cnmm_r6`` with every optional edge's probability at zero, so
 training never runs them (30 epochs of the `cpu` recipe, like the static ResNets):
 
-    anycost train cnmm_r6 --recipe cpu --epochs 30 --data-dir ../shared/data \
+    anycost train cnmm_r6 --recipe cpu30 --epochs 30 --data-dir ../shared/data \
         --out runs/cifar10-cpu/cnmm_r6_chain --set 'model_kwargs={"init_logit": -100.0, "keep_max": 1.0}'
     python benchmarks/cnmm_chain.py cnmm_r6.cifar10 cnmm_r6b.cifar10 runs/cifar10-cpu/cnmm_r6_chain \
         --data-dir ../shared/data --record benchmarks/records/eval/cnmm_r6-chain.json > benchmarks/cnmm_chain.md

@@ -18,7 +18,7 @@ cnmm() {
   local name=$1 model=$2 epochs=$3 kw=$4 run=runs/cifar10-cpu/$1 flag=""
   shift 4
   [ -f $run/last.pt ] && flag=--resume
-  anycost train $model --recipe cpu --epochs $epochs --data-dir "$DATA" --out $run $flag \
+  anycost train $model --recipe cpu30 --epochs $epochs --data-dir "$DATA" --out $run $flag \
     --threads ${THREADS:-2} --set "model_kwargs=$kw" "$@"
   cp $run/record.json $R/train/$name.cifar10.json
   anycost calibrate $run --data-dir "$DATA" --name $name --split holdout --export $name.cifar10 \
@@ -54,7 +54,7 @@ fi
 if [ "${CHAIN:-1}" = 1 ]; then
   run=runs/cifar10-cpu/cnmm_r6_chain flag=""
   [ -f $run/last.pt ] && flag=--resume
-  anycost train cnmm_r6 --recipe cpu --epochs 30 --data-dir "$DATA" --out $run $flag --threads ${THREADS:-2} \
+  anycost train cnmm_r6 --recipe cpu30 --epochs 30 --data-dir "$DATA" --out $run $flag --threads ${THREADS:-2} \
     --set 'model_kwargs={"init_logit": -100.0, "keep_max": 1.0}'
   cp $run/record.json $R/train/cnmm_r6_chain.cifar10.json
   python benchmarks/cnmm_chain.py cnmm_r6.cifar10 cnmm_r6b.cifar10 $run --data-dir "$DATA" \

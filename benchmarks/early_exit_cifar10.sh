@@ -13,7 +13,7 @@ mkdir -p $R/calibrate $R/eval $R/bench $R/train
 ee_model() {  # model run-dir zoo-name label train-args...
   local model=$1 run=$2 name=$3 label=$4; shift 4
   local flag=""; [ -f $run/last.pt ] && flag=--resume
-  anycost train $model --recipe cpu --data-dir "$DATA" --out $run $flag "$@"
+  anycost train $model --recipe cpu30 --data-dir "$DATA" --out $run $flag "$@"
   cp $run/record.json $R/train/$name.json
   anycost calibrate $run --data-dir "$DATA" --name "$label" --export $name --record $R/calibrate/$name.json
   anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json

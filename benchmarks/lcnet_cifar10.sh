@@ -16,7 +16,7 @@ mkdir -p $R/eval $R/bench $R/train
 lc_model() {  # model run-dir zoo-name train-args...: train (resumable), export, eval on holdout, bench
   local model=$1 run=$2 name=$3; shift 3
   local flag=""; [ -f $run/last.pt ] && flag=--resume
-  anycost train $model --recipe cpu --data-dir "$DATA" "$@" --out $run $flag
+  anycost train $model --recipe cpu30 --data-dir "$DATA" "$@" --out $run $flag
   cp $run/record.json $R/train/$name.json
   anycost export $run --name $name
   anycost eval $name --data-dir "$DATA" --split holdout --record $R/eval/$name-holdout.json

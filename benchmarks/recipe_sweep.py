@@ -1,4 +1,4 @@
-"""Table of the `cpu`-recipe sweep (ResNet-20, CIFAR-10): what each run changed against the
+"""Table of the `cpu30`-recipe sweep (ResNet-20, CIFAR-10): what each run changed against the
 recipe, and where it ended. Reads the train records only.
 
     python benchmarks/recipe_sweep.py benchmarks/records/train/recipe_sweep/*.json > benchmarks/recipe_sweep.md
@@ -9,12 +9,12 @@ from dataclasses import asdict
 from anycost.records import read_record
 from anycost.train import TrainConfig, load_recipe
 
-KEYS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup", "schedule", "seed")
+KEYS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup", "schedule", "cutout", "amp", "seed")
 
 
 def main(paths: list[str]) -> None:
-    recipe = asdict(TrainConfig()) | load_recipe("cpu")  # what a run with only --recipe cpu resolves to
-    print("| run | changed against `cpu` | epochs done | val top-1 (%) | best epoch val (%) | final train acc (%) | device |")
+    recipe = asdict(TrainConfig()) | load_recipe("cpu30")  # what a run with only --recipe cpu30 resolves to
+    print("| run | changed against `cpu30` | epochs done | val top-1 (%) | best epoch val (%) | final train acc (%) | device |")
     print("|---|---|---:|---:|---:|---:|---|")
     for p in paths:
         r = read_record(p)

@@ -9,7 +9,7 @@ DATA=${DATA:-../shared/data}
 for m in ${MODELS:-resnet20 resnet8 resnet14 resnet32 resnet56}; do
   out=runs/cifar10-cpu/$m
   flag=""; [ -f "$out/last.pt" ] && flag=--resume
-  anycost train "$m" --recipe cpu --data-dir "$DATA" --out "$out" $flag
+  anycost train "$m" --recipe cpu30 --data-dir "$DATA" --out "$out" $flag
   anycost export "$out" --name "$m.cifar10"
   mkdir -p benchmarks/records/train
   cp "$out/record.json" "benchmarks/records/train/$m.cifar10.json"

@@ -409,7 +409,7 @@ def cmd_report(a) -> int:
 def cmd_reproduce(a) -> int:
     from anycost.reproduce import run_reproduce
 
-    recipe = a.recipe or ("cpu" if a.dataset == "cifar10" else "demo")
+    recipe = a.recipe or ("cpu30" if a.dataset == "cifar10" else "demo")
     run_reproduce(a.dataset, recipe, a.data_dir, a.reuse, a.out, a.zoo_dir, a.epochs, bench=not a.no_bench,
                   latency_runs=a.latency_runs)
     return 0
@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "last.pt and record.json to the run folder atomically; --resume continues "
                                    "exactly where the last completed epoch left off.")
     t.add_argument("model", nargs="?", help="registered model name (see `anycost models`); default: the recipe's")
-    t.add_argument("--recipe", default="cpu", help="packaged recipe (cpu, paper, demo) or path to a .json (default: cpu)")
+    t.add_argument("--recipe", default="cpu", help="packaged recipe (cpu, cpu30, paper, demo) or path to a .json (default: cpu)")
     t.add_argument("--dataset", choices=["cifar10", "cifar100", "digits", "folder"])
     t.add_argument("--data-dir", help="CIFAR batches folder or its parent; for 'folder', one sub-folder per class")
     t.add_argument("--download", action="store_true", help="download CIFAR into --data-dir first (needs internet; never implicit)")
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "present (else the validation holdout), time them at batch 1 and 256, and write "
                         "reproduce_record.json, accuracy_vs_macs.png, wallclock.png and results.md.")
     rp.add_argument("dataset", choices=["cifar10", "digits"])
-    rp.add_argument("--recipe", default=None, help="training recipe (default: cpu for cifar10, demo for digits)")
+    rp.add_argument("--recipe", default=None, help="training recipe (default: cpu30 for cifar10, the recipe the committed zoo was trained with; demo for digits)")
     rp.add_argument("--data-dir")
     rp.add_argument("--reuse", action="store_true", help="evaluate committed checkpoints only; train nothing")
     rp.add_argument("--out", default="runs/reproduce")

@@ -171,7 +171,7 @@ def _measure(model, ds, norm, ops, **kw):
     return evaluate_curve(model, ds, norm["mean"], norm["std"], ops, **kw)
 
 
-def run_reproduce(dataset: str = "cifar10", recipe: str = "cpu", data_dir: str | None = None, reuse: bool = False,
+def run_reproduce(dataset: str = "cifar10", recipe: str = "cpu30", data_dir: str | None = None, reuse: bool = False,
                   out: str = "runs/reproduce", zoo_dir: str | None = None, epochs: int | None = None,
                   bench: bool = True, latency_runs: int = 30, progress: bool = True) -> dict:
     from anycost.train import TrainConfig, load_recipe
