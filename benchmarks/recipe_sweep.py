@@ -14,8 +14,8 @@ KEYS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup
 
 def main(paths: list[str]) -> None:
     recipe = asdict(TrainConfig()) | load_recipe("cpu30")  # what a run with only --recipe cpu30 resolves to
-    print("| run | changed against `cpu30` | epochs done | val top-1 (%) | best epoch val (%) | final train acc (%) | device |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| run | changed against `cpu30` | epochs done | val top-1 (%) | best epoch val (%) | final train acc (%) | train time (min) | device |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for p in paths:
         r = read_record(p)
         cfg, hist = r["config"], r["results"]["history"]
@@ -25,7 +25,7 @@ def main(paths: list[str]) -> None:
         last = hist[-1]
         note = "" if r["results"]["status"] == "done" else " (stopped)"
         print(f"| {p.rsplit('/', 1)[-1][:-5]} | {diff or '-'} | {len(hist)}/{cfg['epochs']}{note} | {last['val_acc']:.2f} | "
-              f"{max(h['val_acc'] for h in hist):.2f} | {last['train_acc']:.2f} | {dev} |")
+              f"{max(h['val_acc'] for h in hist):.2f} | {last['train_acc']:.2f} | {r['results']['train_seconds'] / 60:.1f} | {dev} |")
 
 
 if __name__ == "__main__":
