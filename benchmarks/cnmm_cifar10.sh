@@ -26,7 +26,7 @@ cnmm() {
   anycost bench $name.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 / R6FT=0 (and CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 (and CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -48,6 +48,13 @@ if [ "${R6FT:-1}" = 1 ]; then
   cnmm cnmm_r6_ft cnmm_r6 20 '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
     --lr 0.05 --init-from runs/cifar10-cpu/cnmm_r6
 fi
+# cnmm_r6_ft trained on once more, distilled from the static ResNet-56 (cnmm_r6_kd): R6KD_EPOCHS
+# (default 30) epochs from the zoo's cnmm_r6_ft, one-cycle at peak lr 0.05, bf16 autocast, same
+# kwargs, distill 1 at T 4 (R6KD=0 skips)
+if [ "${R6KD:-1}" = 1 ]; then
+  cnmm cnmm_r6_kd cnmm_r6 ${R6KD_EPOCHS:-30} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
+    --lr 0.05 --amp bf16 --init-from cnmm_r6_ft.cifar10 --teacher resnet56.cifar10 --distill 1
+fi
 # The cheapest network (stem -> two diagonal edges -> head) trained alone, 30 epochs like the
 # static ResNets (every optional edge at probability zero), against the same network taken out
 # of each mixture (CHAIN=0 skips)
@@ -63,14 +70,14 @@ fi
 
 static=$(ls $R/eval/resnet*.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
-anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
+anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6: *+bn' --exclude 'cnmm_r6: channels*' \
     --exclude 'cnmm_r6b: *+bn' --exclude 'cnmm_r6b: channels*' --exclude 'cnmm_r6_ft: *+bn' \
-    --exclude 'cnmm_r6_ft: channels*' \
+    --exclude 'cnmm_r6_ft: channels*' --exclude 'cnmm_r6_kd: *+bn' --exclude 'cnmm_r6_kd: channels*' \
   --title "CIFAR-10: one CNMM pruned to many budgets (holdout); r6: residual grid (r6_ft: 44 epochs), r6b: budget-sampled"
 {
-  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft}.cifar10{,-e30}.json 2>/dev/null) --summary
+  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) --summary
   echo
-  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft}.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft}.cifar10.json 2>/dev/null)
+  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd}.cifar10.json 2>/dev/null)
 } > benchmarks/cnmm_cifar10.md
