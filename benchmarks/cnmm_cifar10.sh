@@ -49,10 +49,10 @@ if [ "${R6FT:-1}" = 1 ]; then
     --lr 0.05 --init-from runs/cifar10-cpu/cnmm_r6
 fi
 # cnmm_r6_ft trained on once more, distilled from the static ResNet-56 (cnmm_r6_kd): R6KD_EPOCHS
-# (default 30) epochs from the zoo's cnmm_r6_ft, one-cycle at peak lr 0.05, bf16 autocast, same
+# (default 40) epochs from the zoo's cnmm_r6_ft, one-cycle at peak lr 0.05, bf16 autocast, same
 # kwargs, distill 1 at T 4 (R6KD=0 skips)
 if [ "${R6KD:-1}" = 1 ]; then
-  cnmm cnmm_r6_kd cnmm_r6 ${R6KD_EPOCHS:-30} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
+  cnmm cnmm_r6_kd cnmm_r6 ${R6KD_EPOCHS:-40} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
     --lr 0.05 --amp bf16 --init-from cnmm_r6_ft.cifar10 --teacher resnet56.cifar10 --distill 1
 fi
 # The cheapest network (stem -> two diagonal edges -> head) trained alone, 30 epochs like the
