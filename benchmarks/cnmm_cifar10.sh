@@ -68,16 +68,21 @@ if [ "${CHAIN:-1}" = 1 ]; then
     --record $R/eval/cnmm_r6-chain.json > benchmarks/cnmm_chain.md
 fi
 
-static=$(ls $R/eval/resnet*.cifar10-holdout.json)
+static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
 anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6: *+bn' --exclude 'cnmm_r6: channels*' \
     --exclude 'cnmm_r6b: *+bn' --exclude 'cnmm_r6b: channels*' --exclude 'cnmm_r6_ft: *+bn' \
     --exclude 'cnmm_r6_ft: channels*' --exclude 'cnmm_r6_kd: *+bn' --exclude 'cnmm_r6_kd: channels*' \
-  --title "CIFAR-10: one CNMM pruned to many budgets (holdout); r6: residual grid (r6_ft: 44 epochs), r6b: budget-sampled"
+  --title "CIFAR-10: one CNMM pruned to many budgets (holdout); r6: residual grid (r6_ft: 44 epochs; r6_kd: 40 more, distilled), r6b: budget-sampled"
 {
   anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) --summary
   echo
   anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd}.cifar10.json 2>/dev/null)
+  echo
+  echo "The residual grids' greedy points against the static frontier at equal MACs (linear in MACs between static networks)"
+  echo
+  anycost report $static $(ls $R/calibrate/cnmm_{r6,r6_ft,r6_kd}.cifar10.json 2>/dev/null) --gap 'cnmm_r6*: greedy' \
+    --gap-to 'static=resnet*'
 } > benchmarks/cnmm_cifar10.md

@@ -66,7 +66,7 @@ for cascade in "${CASCADE:-resnet8 resnet14 resnet20}" "resnet8 resnet20 resnet5
 done
 
 # one plot and one table against the static family (all measured on holdout)
-static=$(ls $R/eval/resnet*.cifar10-holdout.json 2>/dev/null || true)
+static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json 2>/dev/null || true)
 ee=$(ls $R/calibrate/ee_*.json $R/calibrate/select_*.json)
 # the plot keeps max-prob thresholds and learned policies of the main models (every curve is in the .md)
 anycost plot $static $ee -o benchmarks/early_exit_cifar10.png \

@@ -101,7 +101,7 @@ if [ "${LNET56_T30:-1}" = 1 ]; then
   from_kd2 lnet_resnet56 lnet_resnet56_t30 5 0.03 '{"target": 0.3, "lam": 8, "penalty": "batch", "gate_l2": 0.01}'
 fi
 
-static=$(ls $R/eval/resnet*.cifar10-holdout.json)
+static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json)
 lc=$(ls $R/eval/{lnet,cnet,lcnet,lcnet_cond}_resnet20.cifar10-holdout.json $R/eval/lnet_resnet20.cifar10-gatel2-001-e20-holdout.json 2>/dev/null)
 lc56=$(ls $R/eval/{lnet,cnet,lcnet}_resnet56*.cifar10-holdout.json 2>/dev/null || true)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
