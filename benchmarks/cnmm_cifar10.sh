@@ -75,7 +75,7 @@ anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifa
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6: *+bn' --exclude 'cnmm_r6: channels*' \
     --exclude 'cnmm_r6b: *+bn' --exclude 'cnmm_r6b: channels*' --exclude 'cnmm_r6_ft: *+bn' \
     --exclude 'cnmm_r6_ft: channels*' --exclude 'cnmm_r6_kd: *+bn' --exclude 'cnmm_r6_kd: channels*' \
-  --title "CIFAR-10: one CNMM pruned to many budgets (holdout); r6: residual grid (r6_ft: 44 epochs; r6_kd: 40 more, distilled), r6b: budget-sampled"
+  --title "CIFAR-10 holdout: one CNMM, many budgets (r6: residual grid; r6_ft: 44 epochs; r6_kd: +40 distilled)"
 {
   anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) --summary
   echo

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from anycost.cli import main
 
 
@@ -57,3 +59,25 @@ def test_suite_entries_name_real_models():
         for e in suite:
             assert e.model is None or e.model in models, e.name
             assert (e.kind == "cascade") == bool(e.members), e.name
+
+
+def test_suite_entries_start_from_and_distil_from_earlier_entries():
+    """init_from and teacher are read from the zoo the suite fills, so they must come earlier."""
+    from anycost.reproduce import SUITES
+
+    for suite in SUITES.values():
+        seen = set()
+        for e in suite:
+            for dep in (e.init_from, e.teacher):
+                assert dep is None or dep in seen, f"{e.name} needs {dep} before it"
+            seen.add(e.name)
+
+
+def test_missing_start_or_teacher_is_a_clear_error(tmp_path):
+    from anycost.reproduce import Entry, _obtain
+
+    for kw, msg in (({"init_from": "r8w4.digits"}, "starts from r8w4.digits"),
+                    ({"teacher": "r8w16.digits"}, "distils from r8w16.digits")):
+        e = Entry("kd.digits", "static", "static ResNet", "resnet8", **kw)
+        with pytest.raises(FileNotFoundError, match=f"{msg}, which is not in the zoo yet"):
+            _obtain(e, None, None, tmp_path, tmp_path / "runs", print)

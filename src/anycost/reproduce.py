@@ -37,6 +37,7 @@ class Entry:
     members: list[str] = field(default_factory=list)  # cascades
     epochs: int | None = None  # at most this many (heads-only fine-tuning needs fewer); None: the recipe's
     train_kw: dict = field(default_factory=dict)  # other TrainConfig fields that differ from the recipe (lr, amp)
+    teacher: str | None = None  # zoo name of an earlier entry to distil from (weight train_kw["distill"], default 1)
 
 
 _BRANCH = {"exits": "2+5+8+13+17", "head": "branch", "distill": 0.5, "distill_temp": 3.0}
@@ -90,6 +91,9 @@ SUITES = {
         # cnmm_r6 trained on: 20 more epochs from its final weights at peak lr 0.05 (44 epochs in all)
         Entry("cnmm_r6_ft.cifar10", "cnmm", "cnmm", "cnmm_r6", {"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6},
               "cnmm_r6.cifar10", epochs=20, train_kw={"lr": 0.05}),
+        # cnmm_r6_ft trained on, distilled from the static ResNet-56 (T 4, weight 1), in bfloat16 autocast
+        Entry("cnmm_r6_kd.cifar10", "cnmm", "cnmm", "cnmm_r6", {"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6},
+              "cnmm_r6_ft.cifar10", epochs=40, train_kw={"lr": 0.05, "amp": "bf16"}, teacher="resnet56.cifar10"),
     ],
     # a miniature of the same pipeline on the embedded digits (tests, offline trials)
     "digits": [
@@ -128,12 +132,18 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
         export_cascade(e.name, list(e.members), [o.to_dict() for o in res["operating_points"]],
                        "calib", casc.net_macs, data.split_info["dataset"], zoo)
         return
-    init = str(_zoo_path(zoo, e.init_from)) if e.init_from else None
+    # both are read from the zoo the suite fills (a reproduction distils from the ResNet it trained itself)
+    init = _zoo_path(zoo, e.init_from) if e.init_from else None
     if e.init_from and init is None:
         raise FileNotFoundError(f"{e.name} starts from {e.init_from}, which is not in the zoo yet")
+    teacher = _zoo_path(zoo, e.teacher) if e.teacher else None
+    if e.teacher and teacher is None:
+        raise FileNotFoundError(f"{e.name} distils from {e.teacher}, which is not in the zoo yet")
+    init = str(init) if init else None
+    kw = ({"teacher": str(teacher), "distill": 1.0} if teacher else {}) | e.train_kw
     run = runs / e.name
     cfg = replace(base, model=e.model, model_kwargs=dict(e.kwargs), init_from=init, out_dir=str(run),
-                  epochs=min(e.epochs or base.epochs, base.epochs), **e.train_kw)
+                  epochs=min(e.epochs or base.epochs, base.epochs), **kw)
     say(f"  training {e.name} -> {run}")
     train(cfg, resume=(run / "last.pt").exists(), data=data)
     model, _ = load_model_file(run / "last.pt")
