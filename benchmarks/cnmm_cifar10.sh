@@ -80,16 +80,15 @@ fi
 
 static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
-anycost plot $static $others $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) -o benchmarks/cnmm_cifar10.png \
+cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
+anycost plot $static $others $cnmms -o benchmarks/cnmm_cifar10.png \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
-    --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6: *+bn' --exclude 'cnmm_r6: channels*' \
-    --exclude 'cnmm_r6b: *+bn' --exclude 'cnmm_r6b: channels*' --exclude 'cnmm_r6_ft: *+bn' \
-    --exclude 'cnmm_r6_ft: channels*' --exclude 'cnmm_r6_kd: *+bn' --exclude 'cnmm_r6_kd: channels*' \
+    --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6*: *+bn' --exclude 'cnmm_r6*: channels*' \
   --title "CIFAR-10 holdout: one CNMM, many budgets (r6: residual grid; r6_ft: 44 epochs; r6_kd: +40 distilled)"
 {
-  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) --summary
+  anycost report $static $cnmms --summary
   echo
-  anycost report $static $(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null) $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd}.cifar10.json 2>/dev/null)
+  anycost report $static $cnmms $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd}.cifar10.json 2>/dev/null)
   echo
   echo "The residual grids' greedy points against the static frontier at equal MACs (linear in MACs between static networks)"
   echo

@@ -114,6 +114,14 @@ def _zoo_path(zoo: Path, name: str) -> Path | None:
     return None
 
 
+def _zoo_dep(zoo: Path, name: str, what: str) -> str:
+    """The zoo file of an entry another one needs, or a clear error if it is not there yet."""
+    path = _zoo_path(zoo, name)
+    if path is None:
+        raise FileNotFoundError(f"{what} {name}, which is not in the zoo yet")
+    return str(path)
+
+
 def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
     """Train an entry that is not in the zoo, choose its operating points, export it."""
     from anycost.train import train
@@ -133,14 +141,9 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
                        "calib", casc.net_macs, data.split_info["dataset"], zoo)
         return
     # both are read from the zoo the suite fills (a reproduction distils from the ResNet it trained itself)
-    init = _zoo_path(zoo, e.init_from) if e.init_from else None
-    if e.init_from and init is None:
-        raise FileNotFoundError(f"{e.name} starts from {e.init_from}, which is not in the zoo yet")
-    teacher = _zoo_path(zoo, e.teacher) if e.teacher else None
-    if e.teacher and teacher is None:
-        raise FileNotFoundError(f"{e.name} distils from {e.teacher}, which is not in the zoo yet")
-    init = str(init) if init else None
-    kw = ({"teacher": str(teacher), "distill": 1.0} if teacher else {}) | e.train_kw
+    init = _zoo_dep(zoo, e.init_from, f"{e.name} starts from") if e.init_from else None
+    teacher = _zoo_dep(zoo, e.teacher, f"{e.name} distils from") if e.teacher else None
+    kw = ({"teacher": teacher, "distill": 1.0} if teacher else {}) | e.train_kw
     run = runs / e.name
     cfg = replace(base, model=e.model, model_kwargs=dict(e.kwargs), init_from=init, out_dir=str(run),
                   epochs=min(e.epochs or base.epochs, base.epochs), **kw)
