@@ -26,7 +26,7 @@ cnmm() {
   anycost bench $name.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 (and KD14=0, CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 (and KD=0, CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -55,15 +55,18 @@ if [ "${R6KD:-1}" = 1 ]; then
   cnmm cnmm_r6_kd cnmm_r6 ${R6KD_EPOCHS:-40} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
     --lr 0.05 --amp bf16 --init-from cnmm_r6_ft.cifar10 --teacher resnet56.cifar10 --distill 1
 fi
-# Control for R6KD: a static ResNet-14 distilled the same way (30 epochs of cpu30, bf16, teacher
-# resnet56, distill 1), to see how much of the distilled CNMM's gain distillation alone gives (KD14=0 skips)
-if [ "${KD14:-1}" = 1 ]; then
-  run=runs/cifar10-cpu/resnet14_kd flag=""
-  [ -f $run/last.pt ] && flag=--resume
-  anycost train resnet14 --recipe cpu30 --amp bf16 --teacher resnet56.cifar10 --distill 1 --data-dir "$DATA" \
-    --out $run $flag --threads ${THREADS:-2}
-  cp $run/record.json $R/train/resnet14_kd.cifar10.json
-  anycost eval $run --data-dir "$DATA" --split holdout --record $R/eval/resnet14_kd.cifar10-holdout.json
+# Control for R6KD: static ResNets distilled the same way (30 epochs of cpu30, bf16, teacher
+# resnet56, distill 1), one per depth in KD_DEPTHS, to see how much of the distilled CNMM's gain
+# distillation alone gives (KD=0 skips)
+if [ "${KD:-1}" = 1 ]; then
+  for d in ${KD_DEPTHS:-8 14 20}; do
+    run=runs/cifar10-cpu/resnet${d}_kd flag=""
+    [ -f $run/last.pt ] && flag=--resume
+    anycost train resnet$d --recipe cpu30 --amp bf16 --teacher resnet56.cifar10 --distill 1 --data-dir "$DATA" \
+      --out $run $flag --threads ${THREADS:-2}
+    cp $run/record.json $R/train/resnet${d}_kd.cifar10.json
+    anycost eval $run --data-dir "$DATA" --split holdout --record $R/eval/resnet${d}_kd.cifar10-holdout.json
+  done
 fi
 # The cheapest network (stem -> two diagonal edges -> head) trained alone, 30 epochs like the
 # static ResNets (every optional edge at probability zero), against the same network taken out
