@@ -26,7 +26,7 @@ cnmm() {
   anycost bench $name.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 (and KD=0, CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6SW=0 (and KD=0, CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -53,6 +53,14 @@ fi
 # kwargs, distill 1 at T 4 (R6KD=0 skips)
 if [ "${R6KD:-1}" = 1 ]; then
   cnmm cnmm_r6_kd cnmm_r6 ${R6KD_EPOCHS:-40} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
+    --lr 0.05 --amp bf16 --init-from cnmm_r6_ft.cifar10 --teacher resnet56.cifar10 --distill 1
+fi
+# cnmm_r6_ft trained on with the sandwich rule (cnmm_r6_sw): as R6KD, but every step also trains
+# the full network (every edge at its inference weight) and the cheapest one, loss and
+# distillation averaged over the three (kwarg sandwich); R6SW_EPOCHS (default 20) epochs, as a
+# step costs about twice R6KD's (R6SW=0 skips)
+if [ "${R6SW:-1}" = 1 ]; then
+  cnmm cnmm_r6_sw cnmm_r6 ${R6SW_EPOCHS:-20} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6, "sandwich": true}' \
     --lr 0.05 --amp bf16 --init-from cnmm_r6_ft.cifar10 --teacher resnet56.cifar10 --distill 1
 fi
 # Control for R6KD: static ResNets distilled the same way (30 epochs of cpu30, bf16, teacher
@@ -83,18 +91,19 @@ fi
 
 static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
-cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
-anycost plot $static $others $cnmms -o benchmarks/cnmm_cifar10.png \
+distilled=$(ls $R/eval/resnet*_kd.cifar10-holdout.json 2>/dev/null || true)  # the KD control
+cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd,r6_sw}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
+anycost plot $static $distilled $others $cnmms -o benchmarks/cnmm_cifar10.png \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6*: *+bn' --exclude 'cnmm_r6*: channels*' \
   --title "CIFAR-10 holdout: one CNMM, many budgets (r6: residual grid; r6_ft: 44 epochs; r6_kd: +40 distilled)"
 {
   anycost report $static $cnmms --summary
   echo
-  anycost report $static $cnmms $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd}.cifar10.json 2>/dev/null)
+  anycost report $static $cnmms $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd,r6_sw}.cifar10.json 2>/dev/null)
   echo
   echo "The residual grids' greedy points against the static frontier at equal MACs (linear in MACs between static networks)"
   echo
-  anycost report $static $(ls $R/eval/resnet14_kd.cifar10-holdout.json $R/calibrate/cnmm_{r6,r6_ft,r6_kd}.cifar10.json 2>/dev/null) \
-    --gap 'cnmm_r6*: greedy' --gap-to 'static=resnet*.cifar10' --gap-to 'ResNet-14 distilled=resnet14_kd'
+  anycost report $static $distilled $(ls $R/calibrate/cnmm_{r6,r6_ft,r6_kd,r6_sw}.cifar10.json 2>/dev/null) \
+    --gap 'cnmm_r6*: greedy' --gap-to 'static=resnet*.cifar10' --gap-to 'static distilled=resnet*_kd'
 } > benchmarks/cnmm_cifar10.md

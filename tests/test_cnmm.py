@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -491,6 +493,68 @@ def test_anneal_is_geometric_and_reaches_zero():
     assert anneal(1.0, 0.01, 0.5) == pytest.approx(0.1)  # geometric: the midpoint is the geometric mean
     assert anneal(1.0, 0.0, 1.0) == 0.0 and anneal(1.0, 0.0, 0.5) == 0.5  # an end at 0 is reached linearly
     assert anneal(0.0, 0.0, 0.3) == 0.0 and anneal(1.0, 0.2, 7.0) == pytest.approx(0.2)  # progress is clamped
+
+
+def test_sandwich_trains_the_full_and_cheapest_networks_too():
+    """sandwich=True: one step runs the sampled network, the full mean-field network (the one
+    eval deploys) and the diagonal chain, averages their losses, and hands all three logits
+    back; the full network's pass leaves the mixing probabilities to the sampled one."""
+    torch.manual_seed(0)
+    kw = dict(num_classes=10, in_chans=1, init_logit=0.0, keep_max=0.6)
+    m = create_model("test_cnmm_r", sandwich=True, **kw)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    m.train()
+    full, chain = m(x, net="full"), m(x, net="min")
+    m.eval()
+    # BN in train mode normalises by the batch, so compare each against eval with batch BN
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.train()
+    with torch.no_grad():
+        assert torch.allclose(full, m(x), atol=1e-5)  # eval (mean-field) path with the same BN mode
+        m.logits[~m.mandatory] = -float("inf")
+        assert torch.allclose(chain, m(x), atol=1e-5)  # every optional edge off
+    with pytest.raises(ValueError, match="net is"):
+        m.train()(x, net="largest")
+
+    torch.manual_seed(0)
+    m = create_model("test_cnmm_r", sandwich=True, **kw).train()
+    crit = torch.nn.CrossEntropyLoss()
+    torch.manual_seed(1)
+    loss, outs = m.training_loss(x, y, criterion=crit)
+    assert isinstance(outs, tuple) and len(outs) == 3 and all(o.shape == (4, 10) for o in outs)
+    assert torch.allclose(loss, sum(crit(o, y) for o in outs) / 3)
+    loss.backward()
+    assert all(e.conv1.weight.grad is not None for e in m.edges)  # the full pass reaches every edge
+    # the logits' gradient is the sampled pass's straight-through one only: a step of the full
+    # and cheapest passes alone leaves them untouched
+    m.zero_grad()
+    (crit(m(x, net="full"), y) + crit(m(x, net="min"), y)).backward()
+    assert m.logits.grad is None or not m.logits.grad.any()
+
+    plain = create_model("test_cnmm_r", **kw).train()
+    _, logits = plain.training_loss(x, y, criterion=crit)
+    assert isinstance(logits, torch.Tensor)  # off by default: one network per step, as before
+
+
+def test_sandwich_training_distils_every_network(tmp_path):
+    """The trainer averages distillation over a tuple of logits and records accuracy on the
+    first; a sandwich run trains end to end, and changes the weights against one without."""
+    data = load_dataset("digits")
+    base = dict(model="test_cnmm_r", dataset="digits", epochs=1, batch_size=64, flip=False, channels_last=False,
+                progress=False)
+    teacher = tmp_path / "teacher"
+    train(TrainConfig(**base, out_dir=str(teacher)), data=data)
+    ws = []
+    for sw in (False, True):
+        torch.manual_seed(0)
+        m = create_model("test_cnmm_r", num_classes=10, in_chans=1, sandwich=sw)
+        cfg = TrainConfig(**base, model_kwargs={"sandwich": sw}, teacher=str(teacher), distill=1.0,
+                          out_dir=str(tmp_path / f"sw{int(sw)}"))
+        rec = train(cfg, model=m, data=data)
+        ws.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    assert math.isfinite(rec["results"]["final"]["train_loss"])
+    assert not torch.allclose(ws[0], ws[1])
 
 
 def test_residual_sampling_options_are_checked():

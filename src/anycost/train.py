@@ -5,7 +5,9 @@
   bfloat16 autocast (``amp="bf16"``: about 1.6x per ResNet-20 step on a 2-core AVX512-BF16
   CPU; weights, optimizer state and evaluation stay float32, and bf16 needs no loss scaling).
 * A family plugs in by giving its model ``training_loss(x, y, criterion, progress)``
-  returning ``(loss, logits)``; plain classifiers use cross-entropy on ``model(x)``.
+  returning ``(loss, logits)``; plain classifiers use cross-entropy on ``model(x)``. A family
+  that trains several networks in one step (the CNMM's sandwich rule) returns a tuple of
+  logits: distillation is averaged over them and training accuracy counts the first.
 * Optional knowledge distillation from a frozen teacher (``teacher`` = zoo name, checkpoint
   or run folder; ``distill`` = weight): ``distill * T^2 * KL(softmax(t/T) || softmax(s/T))``
   on the logits is added to whatever loss the family returns, so cost penalties and
@@ -324,10 +326,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
                     else:
                         logits = step_fn(x)
                         loss = criterion(logits, y)
+                    outs = logits if isinstance(logits, tuple) else (logits,)
+                    logits = outs[0]
                     if teacher is not None:
                         with torch.no_grad():
                             t_logits = teacher(x)
-                        loss = loss + cfg.distill * distillation_loss(logits, t_logits, cfg.distill_temp)
+                        kd = sum(distillation_loss(o, t_logits, cfg.distill_temp) for o in outs) / len(outs)
+                        loss = loss + cfg.distill * kd
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

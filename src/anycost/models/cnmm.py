@@ -612,7 +612,7 @@ class ResCNMM(CNMM):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, depth: int = 6, scales: int = 3,
                  widths: tuple[int, ...] = (16, 32, 64), input_hw: int = 32, init_logit: float = 3.0,
                  cost_weight: float = 0.0, slim_l1: float = 0.0, keep_max: float = 0.75, task: str = "classify",
-                 sampling: str = "edges", order_noise: tuple[float, float] = (1.0, 0.1)):
+                 sampling: str = "edges", order_noise: tuple[float, float] = (1.0, 0.1), sandwich: bool = False):
         if task != "classify":
             raise ValueError("the residual grid classifies only; use CNMM(task='segment') for dense prediction")
         if sampling not in ("edges", "budget"):
@@ -620,6 +620,7 @@ class ResCNMM(CNMM):
         if len(order_noise) != 2 or min(order_noise) < 0:
             raise ValueError(f"order_noise is (start, end) >= 0, got {order_noise}")
         self.sampling, self.order_noise = sampling, tuple(float(v) for v in order_noise)
+        self.sandwich = bool(sandwich)
         super().__init__(num_classes, in_chans, depth, scales, widths, input_hw, init_logit, (1.0, 1.0),
                          cost_weight, slim_l1, task, keep_max)
         self.edges = nn.ModuleList(
@@ -662,9 +663,20 @@ class ResCNMM(CNMM):
         b[sorted(self._alive(set(spec.edges)))] = 1.0  # the cheapest network always fits: spec is not None
         return b
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, net: str = "sample") -> Tensor:
+        """Logits (B, K). In eval mode: the mean-field full mixture. In training mode ``net``
+        picks what runs: ``"sample"`` one network of the mixture (the default), ``"full"``
+        every edge at its inference weight (the deployed full network, with ``p`` detached so
+        the mixing probabilities still learn from sampling alone), ``"min"`` the cheapest
+        network (the always-on diagonal chain)."""
         p = self._p()  # (E,)
-        if self.training:
+        if self.training and net == "full":
+            w, on = self.edge_weights().detach().to(p.dtype), [True] * len(self.edge_list)
+        elif self.training and net == "min":
+            w, on = torch.ones_like(p), self.mandatory.tolist()
+        elif self.training:
+            if net != "sample":
+                raise ValueError(f"net is 'sample', 'full' or 'min', got {net!r}")
             # one network of the mixture per batch: independent Bernoulli edges, or a random budget
             b = (torch.rand(p.shape, device=p.device) < p).to(p.dtype) if self.sampling == "edges" \
                 else self._budget_sample().to(device=p.device, dtype=p.dtype)
@@ -682,6 +694,27 @@ class ResCNMM(CNMM):
                     z = y if z is None else z + y
             vals[i] = F.relu(z)
         return self._readout([vals[i] for i in self.out_nodes])
+
+    def training_loss(self, x: Tensor, y: Tensor, criterion, progress: float = 0.0):
+        """As :meth:`CNMM.training_loss`; with ``sandwich=True`` the step also trains the two
+        ends of the cost range (the "sandwich rule" of slimmable networks): the loss is the
+        mean of the sampled network's, the full network's and the cheapest network's, and
+        the logits come back as a tuple ``(sampled, full, cheapest)`` so that distillation
+        reaches all three (the trainer averages it over the tuple and counts accuracy on the
+        first). Why: under per-edge sampling the deployed full network (every edge at weight
+        ``p``) is a network no step ever ran; the sampled networks alone leave the largest
+        operating points no better than mid-sized ones."""
+        if not self.sandwich:
+            return super().training_loss(x, y, criterion, progress)
+        self.progress = progress
+        outs = (self(x), self(x, net="full"), self(x, net="min"))
+        loss = sum(criterion(o, y) for o in outs) / len(outs)
+        if self.cost_weight:
+            loss = loss + self.cost_weight * self.expected_macs_fraction()
+        if self.slim_l1:
+            g = self._slim_gammas()
+            loss = loss + self.slim_l1 * sum(w.abs().sum() for w in g) / sum(w.numel() for w in g)
+        return loss, outs
 
     def _alive(self, kept: set[int]) -> set[int]:
         kept = set(kept) | {e for e, m in enumerate(self.mandatory.tolist()) if m}
