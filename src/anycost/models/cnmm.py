@@ -57,6 +57,12 @@ re-training. Everything below that goes beyond this is **our design**:
   order late). Kept edges run at weight 1 in training, in the full network and in every
   pruned one, so each operating point is a network that training ran; the logits still learn
   by straight-through from the edges that ran, against the cost term, and set the order.
+* **Sandwich rule** (``ResCNMM(sandwich=True)``, after slimmable networks' training of the
+  largest and smallest widths in every step). Under per-edge sampling the deployed full
+  network (every edge at weight ``p_e``) is one no step ever runs. With the option each step
+  also runs the full network and the cheapest one (the diagonal chain) and averages the three
+  losses; the full pass sees ``p`` detached, so the mixing probabilities still learn from the
+  sampled networks (and the cost term) alone.
 """
 
 from __future__ import annotations
