@@ -562,3 +562,16 @@ def test_residual_sampling_options_are_checked():
         create_model("test_cnmm_r", sampling="paths")
     with pytest.raises(ValueError, match="order_noise"):
         create_model("test_cnmm_r", sampling="budget", order_noise=(1.0, -1.0))
+
+
+def test_bn_statistics_batches_are_augmented_like_training_by_default():
+    """BN re-estimation reads shuffled training batches with the training augmentation by
+    default (the statistics later layers were fitted to); --no-bn-augment gives the plain
+    images. Same seed: same images in the same order, only the augmentation differs."""
+    from anycost.calibrate import bn_statistics_loader
+
+    data = load_dataset("digits")
+    (xa, ya), (xp, yp) = (next(iter(bn_statistics_loader(data, data.mean, data.std, augment=a))) for a in (True, False))
+    assert torch.equal(ya, yp) and xa.shape == xp.shape
+    assert not torch.allclose(xa, xp)
+    assert not torch.equal(yp, data.train.labels[: len(yp)])  # shuffled

@@ -328,12 +328,12 @@ def _calibrate_cnmm(a, model, data, norm, name) -> int:
         print("no greedy edge order: " + ("--calib-split = --split" if data.val is not None else "no validation split"))
     res = calibrate_pruning(model, data, a.split, name=name, batch_size=a.batch_size, device=a.device,
                             mean=norm["mean"], std=norm["std"], fractions=fractions,
-                            calib_split=a.calib_split if greedy else None, progress=True)
+                            calib_split=a.calib_split if greedy else None, bn_augment=a.bn_augment, progress=True)
     ops = [o.to_dict() for o in res["operating_points"]]
     if not ops:
         raise UserError(f"no pruning mechanism reaches {a.budget / 1e6:.3f} M MACs")
     rec = make_record("calibrate", {"model": a.model, "split": a.split, "budget": a.budget, "kind": "cnmm pruning",
-                                    "calib_split": a.calib_split if greedy else None},
+                                    "calib_split": a.calib_split if greedy else None, "bn_augment": a.bn_augment},
                       {"curves": [c.to_dict() for c in res["curves"]], "operating_points": ops,
                        "unreachable": res["unreachable"], "greedy_path": res["greedy_path"]}, device=a.device)
     rec_path = a.record or f"runs/calibrate/{name}.json"
@@ -553,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--export", metavar="ZOO_NAME", help="store the operating points with the model under this zoo name")
     c.add_argument("--zoo-dir", help="zoo folder for --export (default: the package's zoo)")
     c.add_argument("--batch-size", type=int, default=500)
+    c.add_argument("--bn-augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="CNMM: re-estimate BN statistics on augmented training batches, like the ones training saw "
+                        "(default; --no-bn-augment: plain images, which cost the static ResNet-20 2.3 pt)")
     c.add_argument("--device", default="cpu")
     c.add_argument("--record", help="record path (default runs/calibrate/NAME.json)")
     c.set_defaults(func=cmd_calibrate)

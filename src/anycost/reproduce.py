@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from anycost.bench import BenchConfig, bench_model
-from anycost.calibrate import cache_split, calibrate
+from anycost.calibrate import bn_statistics_loader, cache_split, calibrate
 from anycost.data import BatchLoader, has_cifar_split, load_dataset
 from anycost.eval import OperatingPoint, evaluate_curve
 from anycost.plot import plot_curves, plot_speedups
@@ -158,7 +158,7 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
     elif e.kind == "cnmm":
         from anycost.models.cnmm import CALIBRATED_MECHANISMS, MECHANISMS, pruning_operating_points
 
-        bn_loader = BatchLoader(data.train, 256, data.mean, data.std)
+        bn_loader = bn_statistics_loader(data, data.mean, data.std)
         calib = BatchLoader(data.get("calib"), 500, data.mean, data.std)  # orders the edges for "greedy"
         ops = pruning_operating_points(model, bn_loader=bn_loader, calib_loader=calib,
                                        mechanisms=MECHANISMS + CALIBRATED_MECHANISMS)["ops"]
