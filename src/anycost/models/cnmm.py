@@ -272,13 +272,17 @@ class CNMM(nn.Module):
     def training_loss(self, x: Tensor, y: Tensor, criterion, progress: float = 0.0):
         self.progress = progress
         logits = self(x)
-        loss = criterion(logits, y)
+        return criterion(logits, y) + self._penalties(), logits
+
+    def _penalties(self) -> Tensor | float:
+        """The optional cost term (expected MACs) and L1 on the BN scales channel pruning ranks by."""
+        loss = 0.0
         if self.cost_weight:
             loss = loss + self.cost_weight * self.expected_macs_fraction()
         if self.slim_l1:
             g = self._slim_gammas()
             loss = loss + self.slim_l1 * sum(w.abs().sum() for w in g) / sum(w.numel() for w in g)
-        return loss, logits
+        return loss
 
     def _slim_gammas(self) -> list[Tensor]:
         """Per edge, the BN scales whose |gamma| ranks its prunable channels."""
@@ -714,13 +718,7 @@ class ResCNMM(CNMM):
             return super().training_loss(x, y, criterion, progress)
         self.progress = progress
         outs = (self(x), self(x, net="full"), self(x, net="min"))
-        loss = sum(criterion(o, y) for o in outs) / len(outs)
-        if self.cost_weight:
-            loss = loss + self.cost_weight * self.expected_macs_fraction()
-        if self.slim_l1:
-            g = self._slim_gammas()
-            loss = loss + self.slim_l1 * sum(w.abs().sum() for w in g) / sum(w.numel() for w in g)
-        return loss, outs
+        return sum(criterion(o, y) for o in outs) / len(outs) + self._penalties(), outs
 
     def _alive(self, kept: set[int]) -> set[int]:
         kept = set(kept) | {e for e, m in enumerate(self.mandatory.tolist()) if m}
