@@ -93,10 +93,10 @@ static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
 distilled=$(ls $R/eval/resnet*_kd.cifar10-holdout.json 2>/dev/null || true)  # the KD control
 cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd,r6_sw}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
-anycost plot $static $distilled $others $cnmms -o benchmarks/cnmm_cifar10.png \
+anycost plot $static $distilled $others $cnmms -o benchmarks/cnmm_cifar10.png --static-group 'static, distilled from ResNet-56=*_kd' \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6*: *+bn' --exclude 'cnmm_r6*: channels*' \
-  --title "CIFAR-10 holdout: one CNMM, many budgets (r6: residual grid; r6_ft: 44 epochs; r6_kd: +40 distilled)"
+  --title "CIFAR-10 holdout: one CNMM, many budgets (r6: residual grid; r6_ft: 44 epochs; r6_kd: +40 distilled; r6_sw: +20 sandwich)"
 {
   anycost report $static $cnmms --summary
   echo

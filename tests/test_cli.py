@@ -69,6 +69,10 @@ def test_eval_val_plot_report_roundtrip(cifar_run, cifar_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "v.json"), "-o", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(tmp_path / "v.json"), "-o", str(tmp_path / "g.png"), "--static-group", "mine=*"]) == 0
+    assert main(["plot", str(tmp_path / "v.json"), "-o", str(tmp_path / "g.png"), "--static-group", "x=nothing*"]) == 2
+    assert "no static network matches" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "v.json"), "-o", str(tmp_path / "g.png"), "--static-group", "noequals"]) == 2
     capsys.readouterr()
     assert main(["report", str(tmp_path / "v.json"), str(cifar_run / "record.json")]) == 0
     table = capsys.readouterr().out
@@ -148,3 +152,18 @@ def test_eval_threads_flag_sets_torch_threads(cifar_run, cifar_dir, tmp_path, ca
         assert torch.get_num_threads() == want
     finally:
         torch.set_num_threads(before)
+
+
+def test_group_static_gives_matching_static_networks_their_own_series():
+    from anycost.eval import CurvePoint, OperatingPoint, TradeoffCurve
+    from anycost.plot import group_static
+
+    def curve(name, static=True):
+        return TradeoffCurve(name, [CurvePoint(OperatingPoint("full"), 80.0, 1e6)], static=static)
+
+    cs = [curve("resnet8"), curve("resnet8_kd"), curve("cnmm_kd: greedy", static=False)]
+    out = group_static(cs, {"distilled": "*_kd"})
+    assert [c.family for c in out] == [None, "distilled", None]  # dynamic curves are never grouped
+    assert cs[1].family is None  # the input is not modified
+    with pytest.raises(ValueError, match="no static network matches"):
+        group_static(cs, {"typo": "*_kdd"})

@@ -349,9 +349,20 @@ def _calibrate_cnmm(a, model, data, norm, name) -> int:
 
 
 def cmd_plot(a) -> int:
-    from anycost.plot import drop_curves, load_curves, plot_curves
+    from anycost.plot import drop_curves, group_static, load_curves, plot_curves
 
-    out = plot_curves(drop_curves(load_curves(a.records), a.exclude or []), a.output, a.title)
+    groups = {}
+    for g in a.static_group:
+        label, eq, pattern = g.partition("=")
+        if not (eq and label and pattern):
+            raise UserError(f"--static-group takes LABEL=METHOD_GLOB (e.g. 'distilled=*_kd'), got '{g}'")
+        groups[label] = pattern
+    curves = drop_curves(load_curves(a.records), a.exclude or [])
+    try:
+        curves = group_static(curves, groups)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = plot_curves(curves, a.output, a.title)
     print(f"wrote {out}")
     return 0
 
@@ -566,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("records", nargs="+", help="eval/demo/reproduce record files")
     pl.add_argument("-o", "--output", required=True, help="image file, e.g. curves.png")
     pl.add_argument("--title", help="plot title (default: names the measured split)")
+    pl.add_argument("--static-group", action="append", default=[], metavar="LABEL=METHOD_GLOB",
+                    help="draw the static networks matching the glob as their own marker series named LABEL, "
+                         "e.g. 'distilled=*_kd' (repeatable)")
     pl.add_argument("--exclude", action="append", metavar="PATTERN",
                     help="leave out curves whose name matches this shell pattern, e.g. '*entropy*' (repeatable)")
     pl.set_defaults(func=cmd_plot)

@@ -40,6 +40,24 @@ def drop_curves(curves: list[TradeoffCurve], patterns: list[str]) -> list[Tradeo
     return kept
 
 
+def group_static(curves: list[TradeoffCurve], groups: dict[str, str]) -> list[TradeoffCurve]:
+    """Static networks whose method name matches a group's shell pattern join that group's
+    marker series (e.g. distilled ResNets apart from the plain ones); the first matching
+    group wins, and a pattern that matches no static network is an error (a typo would
+    otherwise silently merge the series)."""
+    from dataclasses import replace
+    from fnmatch import fnmatchcase
+
+    for label, pattern in groups.items():
+        if not any(c.static and fnmatchcase(c.method, pattern) for c in curves):
+            raise ValueError(f"static group '{label}': no static network matches '{pattern}'")
+    out = []
+    for c in curves:
+        label = next((g for g, pat in groups.items() if c.static and fnmatchcase(c.method, pat)), None)
+        out.append(replace(c, family=label) if label else c)
+    return out
+
+
 def _mpl():
     import matplotlib
 
