@@ -348,15 +348,21 @@ def _calibrate_cnmm(a, model, data, norm, name) -> int:
     return 0
 
 
+def _label_globs(values: list[str], flag: str, example: str) -> dict[str, str]:
+    """LABEL=METHOD_GLOB arguments as {label: glob}."""
+    groups = {}
+    for g in values:
+        label, eq, pattern = g.partition("=")
+        if not (eq and label and pattern):
+            raise UserError(f"{flag} takes LABEL=METHOD_GLOB (e.g. '{example}'), got '{g}'")
+        groups[label] = pattern
+    return groups
+
+
 def cmd_plot(a) -> int:
     from anycost.plot import drop_curves, group_static, load_curves, plot_curves
 
-    groups = {}
-    for g in a.static_group:
-        label, eq, pattern = g.partition("=")
-        if not (eq and label and pattern):
-            raise UserError(f"--static-group takes LABEL=METHOD_GLOB (e.g. 'distilled=*_kd'), got '{g}'")
-        groups[label] = pattern
+    groups = _label_globs(a.static_group, "--static-group", "distilled=*_kd")
     curves = drop_curves(load_curves(a.records), a.exclude or [])
     try:
         curves = group_static(curves, groups)
@@ -376,12 +382,7 @@ def cmd_report(a) -> int:
         raise UserError("--reference and --max-loss belong to --summary")
     if bool(a.gap) != bool(a.gap_to):
         raise UserError("--gap METHOD_GLOB needs at least one --gap-to LABEL=METHOD_GLOB, and the reverse")
-    groups = {}
-    for g in a.gap_to:
-        label, eq, pattern = g.partition("=")
-        if not (eq and label and pattern):
-            raise UserError(f"--gap-to takes LABEL=METHOD_GLOB (e.g. 'L-Net=lnet_*'), got '{g}'")
-        groups[label] = pattern
+    groups = _label_globs(a.gap_to, "--gap-to", "L-Net=lnet_*")
     curves, benches, trains = [], [], []
     for p in a.records:
         rec = read_record(p)
