@@ -514,8 +514,9 @@ def test_sandwich_trains_the_full_and_cheapest_networks_too():
         assert torch.allclose(full, m(x), atol=1e-5)  # eval (mean-field) path with the same BN mode
         m.logits[~m.mandatory] = -float("inf")
         assert torch.allclose(chain, m(x), atol=1e-5)  # every optional edge off
-    with pytest.raises(ValueError, match="net is"):
-        m.train()(x, net="largest")
+    for mode in (True, False):  # a misspelt net is an error in eval too, not silently the full mixture
+        with pytest.raises(ValueError, match="net is"):
+            m.train(mode)(x, net="largest")
 
     torch.manual_seed(0)
     m = create_model("test_cnmm_r", sandwich=True, **kw).train()

@@ -679,14 +679,14 @@ class ResCNMM(CNMM):
         every edge at its inference weight (the deployed full network, with ``p`` detached so
         the mixing probabilities still learn from sampling alone), ``"min"`` the cheapest
         network (the always-on diagonal chain)."""
+        if net not in ("sample", "full", "min"):
+            raise ValueError(f"net is 'sample', 'full' or 'min', got {net!r}")
         p = self._p()  # (E,)
         if self.training and net == "full":
             w, on = self.edge_weights().detach().to(p.dtype), [True] * len(self.edge_list)
         elif self.training and net == "min":
             w, on = torch.ones_like(p), self.mandatory.tolist()
         elif self.training:
-            if net != "sample":
-                raise ValueError(f"net is 'sample', 'full' or 'min', got {net!r}")
             # one network of the mixture per batch: independent Bernoulli edges, or a random budget
             b = (torch.rand(p.shape, device=p.device) < p).to(p.dtype) if self.sampling == "edges" \
                 else self._budget_sample().to(device=p.device, dtype=p.dtype)
