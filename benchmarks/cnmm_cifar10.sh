@@ -26,7 +26,7 @@ cnmm() {
   anycost bench $name.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6SW=0 (and KD=0, CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6SW=0 / R9KD=0 (and KD=0, CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -62,6 +62,14 @@ fi
 if [ "${R6SW:-1}" = 1 ]; then
   cnmm cnmm_r6_sw cnmm_r6 ${R6SW_EPOCHS:-20} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6, "sandwich": true}' \
     --lr 0.05 --amp bf16 --init-from cnmm_r6_ft.cifar10 --teacher resnet56.cifar10 --distill 1
+fi
+# A deeper residual grid (cnmm_r9_kd): cnmm_r9's longest path is ResNet-20 deep where cnmm_r6's
+# is ResNet-14 deep (the flat top of r6's curves). Trained from scratch, distilled as R6KD
+# (teacher resnet56, distill 1, bf16), R9KD_EPOCHS (default 40) epochs of cpu30 at its own lr,
+# same kwargs (R9KD=0 skips)
+if [ "${R9KD:-1}" = 1 ]; then
+  cnmm cnmm_r9_kd cnmm_r9 ${R9KD_EPOCHS:-40} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
+    --amp bf16 --teacher resnet56.cifar10 --distill 1
 fi
 # Control for R6KD: static ResNets distilled the same way (30 epochs of cpu30, bf16, teacher
 # resnet56, distill 1), one per depth in KD_DEPTHS, to see how much of the distilled CNMM's gain
