@@ -234,6 +234,8 @@ def test_calibrate_cli_exports_pruned_points_that_eval_reproduces(tmp_path, caps
     methods = {c["method"].split(": ")[-1] for c in rec["results"]["curves"]}
     assert methods >= {"edges", "channels", "both", "greedy", "edges+bn", "channels+bn", "both+bn", "greedy+bn"}
     assert {c["measured_on"] for c in rec["results"]["curves"]} == {"holdout"}
+    # BN statistics re-estimated with the run's own augmentation (the demo recipe: no flips)
+    assert rec["config"]["train_augment"] == {"augment": True, "flip": False, "pad": None, "cutout": 0}
     chosen = {c["method"].split(": ")[-1]: c["calibrated_on"] for c in rec["results"]["curves"]}
     assert chosen["greedy"].startswith("calib") and chosen["edges"] is None  # greedy's order was chosen on calib
     path = [PruneSpec.from_dict(d) for d in rec["results"]["greedy_path"]]
@@ -576,3 +578,24 @@ def test_bn_statistics_batches_are_augmented_like_training_by_default():
     assert torch.equal(ya, yp) and xa.shape == xp.shape
     assert not torch.allclose(xa, xp)
     assert not torch.equal(yp, data.train.labels[: len(yp)])  # shuffled
+
+
+def test_bn_statistics_batches_replay_the_models_training_augmentation():
+    """With the model's recorded augmentation (meta["train_augment"]) the BN batches use its
+    flip, padding and cutout: no flip and no padding is the plain image; cutout zeroes a
+    square; a model trained without augmentation gets plain batches. Same seed throughout."""
+    from anycost.calibrate import bn_statistics_loader
+
+    data = load_dataset("digits")
+
+    def first(**kw):
+        return next(iter(bn_statistics_loader(data, data.mean, data.std, **kw)))[0]
+
+    plain = first(augment=False)
+    assert torch.equal(first(train_augment={"augment": True, "flip": False, "pad": 0, "cutout": 0}), plain)
+    assert torch.equal(first(train_augment={"augment": False, "flip": True, "pad": 4, "cutout": 4}), plain)
+    assert not torch.equal(first(train_augment={"augment": True, "flip": False, "pad": 1, "cutout": 0}), plain)
+    cut = first(train_augment={"augment": True, "flip": False, "pad": 0, "cutout": 4})
+    changed = (cut != plain).flatten(1).any(1)
+    assert changed.float().mean() > 0.9 and torch.all((cut == 0) | (cut == plain))
+    assert torch.equal(first(), first(train_augment=None))  # no record: crop and flip, as before

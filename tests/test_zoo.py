@@ -22,6 +22,9 @@ def test_export_roundtrip(tiny_run, tmp_path):
     m, meta = load_model_file(p)
     ref, _ = load_model_file(tiny_run / "last.pt")
     assert meta["metrics"]["macs"] == module_macs(m, (1, 8, 8))
+    # the training augmentation travels with the model (BN re-estimation replays it)
+    aug = {"augment": True, "flip": True, "pad": None, "cutout": 0}  # TrainConfig's defaults
+    assert meta["train_augment"] == aug and load_model_file(tiny_run)[1]["train_augment"] == aug
     assert not m.training and m.pretrained_cfg["num_classes"] == 10
     x = torch.randn(4, 1, 8, 8)
     # float16 storage changes the logits only slightly

@@ -68,24 +68,31 @@ def calibrate_budget(cal: ExitCache, budget: float, policy: str = "threshold", m
     raise ValueError(f"budget calibration supports threshold or learned policies, not '{policy}'")
 
 
-def bn_statistics_loader(data: SplitData, mean, std, *, augment: bool = True, batch_size: int = 256,
-                         device="cpu") -> BatchLoader:
+def bn_statistics_loader(data: SplitData, mean, std, *, augment: bool = True, train_augment: dict | None = None,
+                         batch_size: int = 256, device="cpu") -> BatchLoader:
     """Training batches for re-estimating a pruned network's BatchNorm statistics: shuffled
-    (fixed seed) and, by default, with the training augmentation (random crop, flip). Why
-    augmented: BN re-estimation recovers the statistics the later layers were fitted to, and
-    those were the augmented images'. Measured: the static ResNet-20 (`resnet20.cifar10`,
-    87.32 % holdout) keeps 87.32 % with statistics re-estimated on 20 augmented batches and
-    drops to 85.04 % on 20 un-augmented ones. Nothing is chosen by these batches: they only
-    feed running averages, and the labels are never read."""
-    return BatchLoader(data.train, batch_size, mean, std, shuffle=True, augment=augment, device=device)
+    (fixed seed) and, by default, with the model's training augmentation: ``train_augment``
+    (from the model's meta, see :func:`anycost.zoo.train_augmentation`: crop padding, flip,
+    cutout), or random crop and flip where the model does not record it. Why augmented: BN
+    re-estimation recovers the statistics the later layers were fitted to, and those were the
+    augmented images'. Measured: the static ResNet-20 (`resnet20.cifar10`, 87.32 % holdout)
+    keeps 87.32 % with statistics re-estimated on 20 augmented batches and drops to 85.04 % on
+    20 un-augmented ones. Nothing is chosen by these batches: they only feed running averages,
+    and the labels are never read."""
+    aug = dict(train_augment or {})
+    pad = aug.get("pad")
+    pad = pad if pad is not None else max(1, data.input_size[1] // 8)  # the trainer's default
+    return BatchLoader(data.train, batch_size, mean, std, shuffle=True, augment=augment and aug.get("augment", True),
+                       flip=aug.get("flip", True), pad=pad, cutout=aug.get("cutout", 0), device=device)
 
 
 def calibrate_pruning(model, data: SplitData, split: str, *, name: str = "cnmm", batch_size: int = 500, device="cpu",
-                      mean=None, std=None, bn_batches: int = 20, bn_augment: bool = True, fractions=None,
+                      mean=None, std=None, bn_batches: int = 20, bn_augment: bool = True, train_augment: dict | None = None, fractions=None,
                       mechanisms=None, calib_split: str | None = "calib", progress: bool = False) -> dict:
     """CNMM operating points: for each pruning mechanism and budget (a fraction of the full
     MACs), the pruned network with and without BN statistics re-estimated on ``bn_batches``
-    training batches (augmented unless ``bn_augment=False``; see :func:`bn_statistics_loader`);
+    training batches (augmented as in ``train_augment`` unless ``bn_augment=False``; see
+    :func:`bn_statistics_loader`);
     one curve per mechanism, measured on ``split``. With a ``calib_split`` other than ``split``,
     the ``greedy`` mechanism (edges ordered by their measured loss) is added, ordered on that
     split (un-augmented)."""
@@ -99,7 +106,7 @@ def calibrate_pruning(model, data: SplitData, split: str, *, name: str = "cnmm",
     calib_loader = BatchLoader(data.get(calib_split), batch_size, mean, std, device=device) \
         if calib_split and "greedy" in mechanisms else None
     kw = {"fractions": fractions} if fractions is not None else {}
-    bn_loader = bn_statistics_loader(data, mean, std, augment=bn_augment, device=device)
+    bn_loader = bn_statistics_loader(data, mean, std, augment=bn_augment, train_augment=train_augment, device=device)
     res = pruning_operating_points(model, bn_loader=bn_loader, bn_batches=bn_batches, mechanisms=mechanisms,
                                    calib_loader=calib_loader, progress=progress, **kw)
     curves = []

@@ -264,7 +264,7 @@ def cmd_calibrate(a) -> int:
     data = load_dataset(a.dataset or meta.get("dataset") or "digits", a.data_dir, sp.get("val_size"), sp.get("split_seed") or 0)
     norm = meta["normalization"]
     if hasattr(model, "prune_spec"):  # a CNMM: pruned networks, chosen from its own parameters
-        return _calibrate_cnmm(a, model, data, norm, name)
+        return _calibrate_cnmm(a, model, data, norm, name, meta.get("train_augment"))
     if a.calib_split == a.split:
         raise UserError("--calib-split and --split must differ: choosing and measuring on the same images is optimistic")
     cal = cache_split(model, data, a.calib_split, a.batch_size, a.device, norm["mean"], norm["std"])
@@ -308,7 +308,7 @@ def _export_operating_points(a, model, meta, ops, calibrated_on=None) -> None:
         print(f"exported {len(ops)} operating points with the model: {out}")
 
 
-def _calibrate_cnmm(a, model, data, norm, name) -> int:
+def _calibrate_cnmm(a, model, data, norm, name, train_augment=None) -> int:
     """CNMM: every pruning mechanism at a range of budgets (or at --budget), with and
     without BN re-estimation on training batches; measured on --split."""
     from anycost.calibrate import calibrate_pruning
@@ -328,12 +328,14 @@ def _calibrate_cnmm(a, model, data, norm, name) -> int:
         print("no greedy edge order: " + ("--calib-split = --split" if data.val is not None else "no validation split"))
     res = calibrate_pruning(model, data, a.split, name=name, batch_size=a.batch_size, device=a.device,
                             mean=norm["mean"], std=norm["std"], fractions=fractions,
-                            calib_split=a.calib_split if greedy else None, bn_augment=a.bn_augment, progress=True)
+                            calib_split=a.calib_split if greedy else None, bn_augment=a.bn_augment,
+                            train_augment=train_augment, progress=True)
     ops = [o.to_dict() for o in res["operating_points"]]
     if not ops:
         raise UserError(f"no pruning mechanism reaches {a.budget / 1e6:.3f} M MACs")
     rec = make_record("calibrate", {"model": a.model, "split": a.split, "budget": a.budget, "kind": "cnmm pruning",
-                                    "calib_split": a.calib_split if greedy else None, "bn_augment": a.bn_augment},
+                                    "calib_split": a.calib_split if greedy else None, "bn_augment": a.bn_augment,
+                                    "train_augment": train_augment},
                       {"curves": [c.to_dict() for c in res["curves"]], "operating_points": ops,
                        "unreachable": res["unreachable"], "greedy_path": res["greedy_path"]}, device=a.device)
     rec_path = a.record or f"runs/calibrate/{name}.json"

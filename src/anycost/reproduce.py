@@ -149,7 +149,7 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
                   epochs=min(e.epochs or base.epochs, base.epochs), **kw)
     say(f"  training {e.name} -> {run}")
     train(cfg, resume=(run / "last.pt").exists(), data=data)
-    model, _ = load_model_file(run / "last.pt")
+    model, meta = load_model_file(run / "last.pt")
     extra = {}
     if e.kind == "ee":
         res = calibrate(model, cache_split(model, data, "calib"), cache_split(model, data, "holdout"), metrics=("maxprob",),
@@ -158,7 +158,7 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
     elif e.kind == "cnmm":
         from anycost.models.cnmm import CALIBRATED_MECHANISMS, MECHANISMS, pruning_operating_points
 
-        bn_loader = bn_statistics_loader(data, data.mean, data.std)
+        bn_loader = bn_statistics_loader(data, data.mean, data.std, train_augment=meta.get("train_augment"))
         calib = BatchLoader(data.get("calib"), 500, data.mean, data.std)  # orders the edges for "greedy"
         ops = pruning_operating_points(model, bn_loader=bn_loader, calib_loader=calib,
                                        mechanisms=MECHANISMS + CALIBRATED_MECHANISMS)["ops"]

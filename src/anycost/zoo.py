@@ -66,6 +66,14 @@ def load_pretrained(name: str, **kwargs) -> nn.Module:
     return load_model_file(path, **kwargs)[0]
 
 
+def train_augmentation(config: dict) -> dict:
+    """The augmentation a training config used (keys of :class:`~anycost.data.BatchLoader`), so
+    that re-estimating a pruned network's BatchNorm statistics can replay it. Zoo entries
+    exported before this was recorded lack it; readers fall back to crop and flip."""
+    return {"augment": bool(config.get("augment", True)), "flip": bool(config.get("flip", True)),
+            "pad": config.get("pad"), "cutout": int(config.get("cutout") or 0)}
+
+
 def load_model_file(path: str | os.PathLike, **kwargs) -> tuple[nn.Module, dict]:
     """A zoo file or a training checkpoint (``last.pt``) -> (model in eval mode, meta)."""
     path = Path(path)
@@ -79,6 +87,7 @@ def load_model_file(path: str | os.PathLike, **kwargs) -> tuple[nn.Module, dict]
         meta, state = dict(ck["meta"]), ck["model"]
         meta.setdefault("dataset", ck["config"].get("dataset"))
         meta.setdefault("split", {"val_size": ck["config"].get("val_size"), "split_seed": ck["config"].get("split_seed")})
+        meta.setdefault("train_augment", train_augmentation(ck["config"]))
     else:
         raise CheckpointError(f"{path}: not an anycost checkpoint (format {fmt!r})")
     try:
@@ -152,7 +161,8 @@ def export_to_zoo(run_dir: str | os.PathLike, name: str, directory: str | os.Pat
     rec_path = run_dir / "record.json"
     rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
     meta = dict(ck["meta"], dataset=ck["config"]["dataset"],
-                split={"val_size": ck["config"].get("val_size"), "split_seed": ck["config"].get("split_seed")})
+                split={"val_size": ck["config"].get("val_size"), "split_seed": ck["config"].get("split_seed")},
+                train_augment=train_augmentation(ck["config"]))
     meta.update(extra_meta or {})
     if model is None:
         model = _build(meta, ck["model"], str(run_dir))
