@@ -100,18 +100,18 @@ fi
 static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
 distilled=$(ls $R/eval/resnet*_kd.cifar10-holdout.json 2>/dev/null || true)  # the KD control
-cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd,r6_sw}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
+cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd,r6_sw,r9_kd}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
 anycost plot $static $distilled $others $cnmms -o benchmarks/cnmm_cifar10.png --static-group 'static, distilled from ResNet-56=*_kd' \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
-    --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r6*: *+bn' --exclude 'cnmm_r6*: channels*' \
-  --title "CIFAR-10 holdout: one CNMM, many budgets (r6: residual grid; r6_ft: 44 epochs; r6_kd: +40 distilled; r6_sw: +20 sandwich)"
+    --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r*: *+bn' --exclude 'cnmm_r*: channels*' \
+  --title "CIFAR-10 holdout: one CNMM, many budgets (r6: residual grid; r6_ft: 44 epochs; r6_kd: +40 distilled; r6_sw: +20 sandwich; r9_kd: depth 9, 40 distilled)"
 {
   anycost report $static $cnmms --summary
   echo
-  anycost report $static $cnmms $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd,r6_sw}.cifar10.json 2>/dev/null)
+  anycost report $static $cnmms $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd,r6_sw,r9_kd}.cifar10.json 2>/dev/null)
   echo
   echo "The residual grids' greedy points against the static frontier at equal MACs (linear in MACs between static networks)"
   echo
-  anycost report $static $distilled $(ls $R/calibrate/cnmm_{r6,r6_ft,r6_kd,r6_sw}.cifar10.json 2>/dev/null) \
-    --gap 'cnmm_r6*: greedy' --gap-to 'static=resnet*.cifar10' --gap-to 'static distilled=resnet*_kd'
+  anycost report $static $distilled $(ls $R/calibrate/cnmm_{r6,r6_ft,r6_kd,r6_sw,r9_kd}.cifar10.json 2>/dev/null) \
+    --gap 'cnmm_r*: greedy' --gap-to 'static=resnet*.cifar10' --gap-to 'static distilled=resnet*_kd'
 } > benchmarks/cnmm_cifar10.md
