@@ -104,7 +104,7 @@ cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd,r6_sw,r9_kd}.cifar10{,-e30}.
 anycost plot $static $distilled $others $cnmms -o benchmarks/cnmm_cifar10.png --static-group 'static, distilled from ResNet-56=*_kd' \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r*: *+bn' --exclude 'cnmm_r*: channels*' \
-  --title "CIFAR-10 holdout: one CNMM, many budgets (r6: residual grid; r6_ft: 44 epochs; r6_kd: +40 distilled; r6_sw: +20 sandwich; r9_kd: depth 9, 40 distilled)"
+  --title "CIFAR-10 holdout: each CNMM trained once, pruned to many budgets (runs: README, CNMM section)"
 {
   anycost report $static $cnmms --summary
   echo
