@@ -865,7 +865,7 @@ def cnmm_r8(**kw):
 @register_model(family="cnmm")
 def cnmm_r9(**kw):
     """Residual grid, depth 9: its longest path is ResNet-20 deep (nine basic blocks, three per
-    scale), where ``cnmm_r6``'s is ResNet-14 deep (all 37 edges: 156 M MACs; cheapest: 7.6 M)."""
+    scale), where ``cnmm_r6``'s is ResNet-14 deep (all 37 edges: 156 M MACs; cheapest: 7.5 M)."""
     return ResCNMM(depth=9, **kw)
 
 
