@@ -26,7 +26,7 @@ cnmm() {
   anycost bench $name.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6SW=0 / R9KD=0 (and KD=0, CHAIN=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6SW=0 / R9KD=0 (and KD=0, CHAIN=0, BNAUG=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -95,6 +95,16 @@ if [ "${CHAIN:-1}" = 1 ]; then
   cp $run/record.json $R/train/cnmm_r6_chain.cifar10.json
   python benchmarks/cnmm_chain.py cnmm_r6.cifar10 cnmm_r6b.cifar10 $run --data-dir "$DATA" \
     --record $R/eval/cnmm_r6-chain.json > benchmarks/cnmm_chain.md
+fi
+
+# The older residual-grid zoo models re-calibrated with BN statistics re-estimated on augmented
+# training batches (their original records used plain ones), into -bnaug records beside the
+# originals; no --export, so the zoo entries keep their points (BNAUG=0 skips)
+if [ "${BNAUG:-1}" = 1 ]; then
+  for name in cnmm_r6_ft cnmm_r6 cnmm_r6b; do
+    anycost calibrate $name.cifar10 --data-dir "$DATA" --name $name --split holdout \
+      --record $R/calibrate/$name.cifar10-bnaug.json
+  done
 fi
 
 static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json)
