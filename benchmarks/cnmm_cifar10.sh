@@ -54,6 +54,8 @@ fi
 if [ "${R6KD:-1}" = 1 ]; then
   cnmm cnmm_r6_kd cnmm_r6 ${R6KD_EPOCHS:-40} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
     --lr 0.05 --amp bf16 --init-from cnmm_r6_ft.cifar10 --teacher resnet56.cifar10 --distill 1
+  # the zoo entry's shipped points, re-measured from its float16 weights
+  anycost eval cnmm_r6_kd.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/cnmm_r6_kd.cifar10-holdout.json
 fi
 # cnmm_r6_ft trained on with the sandwich rule (cnmm_r6_sw): as R6KD, but every step also trains
 # the full network (every edge at its inference weight) and the cheapest one, loss and
@@ -70,6 +72,7 @@ fi
 if [ "${R9KD:-1}" = 1 ]; then
   cnmm cnmm_r9_kd cnmm_r9 ${R9KD_EPOCHS:-40} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
     --amp bf16 --teacher resnet56.cifar10 --distill 1
+  anycost eval cnmm_r9_kd.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/cnmm_r9_kd.cifar10-holdout.json
 fi
 # Control for R6KD: static ResNets distilled the same way (30 epochs of cpu30, bf16, teacher
 # resnet56, distill 1), one per depth in KD_DEPTHS, to see how much of the distilled CNMM's gain
