@@ -7,21 +7,12 @@ re-estimated on 20 augmented batches, and on 20 plain ones, all measured on hold
 """
 import argparse
 
-import torch
-
 from anycost.calibrate import bn_statistics_loader
-from anycost.data import BatchLoader, load_dataset
+from anycost.data import load_dataset
+from anycost.eval import evaluate_classifier
 from anycost.models.cnmm import reestimate_bn
 from anycost.records import make_record, write_json_atomic
 from anycost.zoo import resolve_model
-
-
-def accuracy(model, ds, mean, std) -> float:
-    correct = 0
-    with torch.inference_mode():
-        for x, y in BatchLoader(ds, 500, mean, std):
-            correct += (model(x).argmax(1) == y).sum().item()
-    return 100.0 * correct / len(ds)
 
 
 def main():
@@ -34,12 +25,13 @@ def main():
     a = ap.parse_args()
     data = load_dataset("cifar10", data_dir=a.data_dir)
     ds = data.get(a.split)
-    model, _ = resolve_model(a.model)
-    results = {"as trained": accuracy(model.eval(), ds, data.mean, data.std)}
+    model, meta = resolve_model(a.model)
+    results = {"as trained": evaluate_classifier(model, ds, data.mean, data.std)["top1"]}
     for label, aug in (("augmented batches", True), ("plain batches", False)):
         model, _ = resolve_model(a.model)
-        reestimate_bn(model, bn_statistics_loader(data, data.mean, data.std, augment=aug), a.batches)
-        results[label] = accuracy(model, ds, data.mean, data.std)
+        loader = bn_statistics_loader(data, data.mean, data.std, augment=aug, train_augment=meta.get("train_augment"))
+        reestimate_bn(model, loader, a.batches)
+        results[label] = evaluate_classifier(model, ds, data.mean, data.std)["top1"]
     for k, v in results.items():
         print(f"{a.model}: BN {k}: {v:.2f} % on {a.split}")
     write_json_atomic(a.record, make_record("eval", vars(a), {"top1": results}))

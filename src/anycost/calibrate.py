@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from anycost.data import BatchLoader, SplitData
+from anycost.data import BatchLoader, SplitData, crop_pad
 from anycost.eval import CurvePoint, OperatingPoint, TradeoffCurve, calibrate_to_budget
 from anycost.policies import (METRICS, ExitCache, apply_policy, calibrate_threshold, confidence, learn_policy,
                               learned_point, oracle_point, policy_point, threshold_point)
@@ -80,10 +80,9 @@ def bn_statistics_loader(data: SplitData, mean, std, *, augment: bool = True, tr
     20 un-augmented ones. Nothing is chosen by these batches: they only feed running averages,
     and the labels are never read."""
     aug = dict(train_augment or {})
-    pad = aug.get("pad")
-    pad = pad if pad is not None else max(1, data.input_size[1] // 8)  # the trainer's default
     return BatchLoader(data.train, batch_size, mean, std, shuffle=True, augment=augment and aug.get("augment", True),
-                       flip=aug.get("flip", True), pad=pad, cutout=aug.get("cutout", 0), device=device)
+                       flip=aug.get("flip", True), pad=crop_pad(aug.get("pad"), data.input_size[1]),
+                       cutout=aug.get("cutout", 0), device=device)
 
 
 def calibrate_pruning(model, data: SplitData, split: str, *, name: str = "cnmm", batch_size: int = 500, device="cpu",

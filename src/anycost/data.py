@@ -38,6 +38,7 @@ __all__ = [
     "BatchLoader",
     "augment_batch",
     "apply_cutout",
+    "crop_pad",
     "DATASETS",
 ]
 
@@ -371,6 +372,12 @@ def apply_cutout(x: Tensor, size: int, cy: Tensor, cx: Tensor) -> Tensor:
     xs = torch.arange(w, device=x.device)[None, :] - (cx.to(x.device)[:, None] - lo)  # (B, W)
     inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]  # (B, H, W)
     return x.masked_fill(inside[:, None], 0.0)
+
+
+def crop_pad(pad: int | None, side: int) -> int:
+    """The random crop's zero padding: ``pad``, or by default an eighth of the image side and
+    at least 1 px (4 px on CIFAR, 1 px on 8x8 digits). Training and BN re-estimation share it."""
+    return pad if pad is not None else max(1, side // 8)
 
 
 def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:

@@ -38,7 +38,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from anycost.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_atomic
-from anycost.data import BatchLoader, load_dataset
+from anycost.data import BatchLoader, crop_pad, load_dataset
 from anycost.distributed import LossModule, all_reduce_sums, convert_batchnorm
 from anycost.distributed import setup as dist_setup
 from anycost.distributed import teardown as dist_teardown
@@ -255,7 +255,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
 
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = BatchLoader(data.train, cfg.batch_size // info.world_size, data.mean, data.std, shuffle=True, augment=cfg.augment, flip=cfg.flip,
-                               pad=cfg.pad if cfg.pad is not None else max(1, data.input_size[1] // 8), cutout=cfg.cutout, drop_last=len(data.train) >= cfg.batch_size, device=device,
+                               pad=crop_pad(cfg.pad, data.input_size[1]), cutout=cfg.cutout, drop_last=len(data.train) >= cfg.batch_size, device=device,
                                generator=gen, channels_last=cfg.channels_last, rank=info.rank,
                                world_size=info.world_size)
     eval_split = data.val if data.val is not None else None
