@@ -26,7 +26,7 @@ cnmm() {
   anycost bench $name.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6SW=0 / R9KD=0 (and KD=0, CHAIN=0, BNAUG=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6KD2=0 / R6SW=0 / R9KD=0 (and KD=0, CHAIN=0, BNAUG=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -56,6 +56,14 @@ if [ "${R6KD:-1}" = 1 ]; then
     --lr 0.05 --amp bf16 --init-from cnmm_r6_ft.cifar10 --teacher resnet56.cifar10 --distill 1
   # the zoo entry's shipped points, re-measured from its float16 weights
   anycost eval cnmm_r6_kd.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/cnmm_r6_kd.cifar10-holdout.json
+fi
+# A longer schedule (cnmm_r6_kd2): cnmm_r6_kd trained on for R6KD2_EPOCHS (default 40) more epochs,
+# exactly as R6KD (its zoo weights, peak lr 0.05, bf16, teacher resnet56, distill 1, same kwargs),
+# to test whether the flat top of the distilled curves is under-training (R6KD2=0 skips)
+if [ "${R6KD2:-1}" = 1 ]; then
+  cnmm cnmm_r6_kd2 cnmm_r6 ${R6KD2_EPOCHS:-40} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
+    --lr 0.05 --amp bf16 --init-from cnmm_r6_kd.cifar10 --teacher resnet56.cifar10 --distill 1
+  anycost eval cnmm_r6_kd2.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/cnmm_r6_kd2.cifar10-holdout.json
 fi
 # cnmm_r6_ft trained on with the sandwich rule (cnmm_r6_sw): as R6KD, but every step also trains
 # the full network (every edge at its inference weight) and the cheapest one, loss and
