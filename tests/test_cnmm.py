@@ -232,7 +232,8 @@ def test_calibrate_cli_exports_pruned_points_that_eval_reproduces(tmp_path, caps
                  "--record", str(tmp_path / "cal.json")]) == 0
     rec = json.loads((tmp_path / "cal.json").read_text())
     methods = {c["method"].split(": ")[-1] for c in rec["results"]["curves"]}
-    assert methods >= {"edges", "channels", "both", "greedy", "edges+bn", "channels+bn", "both+bn", "greedy+bn"}
+    assert methods >= {"edges", "channels", "both", "greedy", "greedy-unit", "edges+bn", "channels+bn", "both+bn",
+                       "greedy+bn", "greedy-unit+bn"}
     assert {c["measured_on"] for c in rec["results"]["curves"]} == {"holdout"}
     # BN statistics re-estimated with the run's own augmentation (the demo recipe: no flips)
     assert rec["config"]["train_augment"] == {"augment": True, "flip": False, "pad": None, "cutout": 0}
@@ -262,6 +263,19 @@ def test_calibrate_cli_exports_pruned_points_that_eval_reproduces(tmp_path, caps
                  "--record", str(tmp_path / "d.json")]) == 0
     assert "no greedy edge order: --calib-split = --split" in capsys.readouterr().out
     assert not any("greedy" in c["method"] for c in json.loads((tmp_path / "d.json").read_text())["results"]["curves"])
+    # the greedy order of an earlier record is reused, with the split it was chosen on
+    assert main(["calibrate", str(run), "--greedy-path", str(tmp_path / "cal.json"), "--record", str(tmp_path / "e.json")]) == 0
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["results"]["greedy_path"] == rec["results"]["greedy_path"]
+    assert e["config"]["greedy_path_from"] == str(tmp_path / "cal.json") and e["config"]["calib_split"] == "calib"
+    capsys.readouterr()
+    assert main(["calibrate", str(run), "--greedy-path", str(tmp_path / "d.json"), "--record", str(tmp_path / "f.json")]) == 2
+    assert "no greedy_path" in capsys.readouterr().err
+    assert main(["calibrate", str(run), "--greedy-path", str(tmp_path / "cal.json"), "--split", "calib"]) == 2
+    assert "chosen on calib, the split to measure on" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["calibrate", str(run), "--greedy-path", str(tmp_path / "bad.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- the residual grid (ResCNMM)
@@ -417,6 +431,58 @@ def test_greedy_order_sees_what_the_probabilities_do_not(trained_res):
     assert [PruneSpec.from_dict(d).edges for d in res["greedy_path"]] == [s.edges for s in path]
     assert [o.params["prune"]["edges"] for o in res["ops"]["greedy"]] == [s.edges for s in (
         path[0], next(s for s in path if m.spec_macs(s) <= 0.5 * m.full_macs()))]
+
+
+def test_unit_weights_export_the_network_training_ran(trained_res):
+    """greedy-unit: the kept edges at weight 1, as a training step runs a sampled network,
+    where the default scales them by their mean-field p_e; same edges, same MACs."""
+    m, data = trained_res
+    x = torch.randn(4, 1, 8, 8)
+    spec = m.prune_edges(0.5 * m.full_macs())
+    unit = PruneSpec(spec.edges, unit_weights=True)
+    assert PruneSpec.from_dict(unit.to_dict()) == unit and "unit_weights" not in spec.to_dict()
+    assert PruneSpec.from_dict(spec.to_dict()) == spec  # records written before read as mean-field
+    on = torch.zeros(len(m.edge_list))
+    on[sorted(m._alive(set(spec.edges)))] = 1.0
+    p = m.edge_weights()
+    for s, w in ((spec, p * on), (unit, on)):
+        net = m._export(s).eval()
+        m.edge_weights = lambda w=w: w  # the grid with exactly these edge weights
+        try:
+            assert torch.allclose(net(x), m(x), atol=1e-5)
+        finally:
+            del m.edge_weights
+        assert net.macs == m.spec_macs(spec) and count_macs(net, x) == 4 * net.macs
+    assert not torch.allclose(m._export(unit).eval()(x), m._export(spec).eval()(x))
+    batches = list(BatchLoader(data.get("calib"), 64, data.mean, data.std))
+    res = pruning_operating_points(m, fractions=(1.0, 0.4), mechanisms=("greedy", "greedy-unit"), calib_loader=batches)
+    g, u = res["ops"]["greedy"], res["ops"]["greedy-unit"]
+    assert [o["prune"]["edges"] for o in g] == [o["prune"]["edges"] for o in u]
+    assert all(o["prune"].get("unit_weights") for o in u) and not any("unit_weights" in o["prune"] for o in g)
+    assert m.pruned_for(u[1]).weights == [1.0] * len(m.pruned_for(u[1]).weights)  # operating points carry it
+
+
+def test_greedy_path_is_reused_and_checked(trained_res):
+    """A greedy order found before (e.g. read from a calibrate record) gives the same points
+    without searching; one that does not fit the model is refused."""
+    from anycost.models.cnmm import check_path
+
+    m, data = trained_res
+    batches = list(BatchLoader(data.get("calib"), 64, data.mean, data.std))
+    found = pruning_operating_points(m, fractions=(1.0, 0.5, 0.3), mechanisms=("greedy",), calib_loader=batches)
+    again = pruning_operating_points(m, fractions=(1.0, 0.5, 0.3), mechanisms=("greedy",), greedy_path=found["greedy_path"])
+    assert again["greedy_path"] == found["greedy_path"]
+    assert [o.params for o in again["ops"]["greedy"]] == [o.params for o in found["ops"]["greedy"]]
+    path = found["greedy_path"]
+    with pytest.raises(ValueError, match="empty"):
+        check_path(m, [])
+    with pytest.raises(ValueError, match="not nested"):
+        check_path(m, [path[0], path[2], path[1]])
+    with pytest.raises(ValueError, match="not an edge set"):
+        check_path(m, [path[0], {"edges": [999]}])
+    other = create_model("cnmm_r6", num_classes=10)
+    with pytest.raises(ValueError, match="another model"):
+        check_path(other, path)
 
 
 def test_residual_prune_order_option_cuts_nothing_else_while_it_can():

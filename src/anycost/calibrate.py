@@ -87,27 +87,33 @@ def bn_statistics_loader(data: SplitData, mean, std, *, augment: bool = True, tr
 
 def calibrate_pruning(model, data: SplitData, split: str, *, name: str = "cnmm", batch_size: int = 500, device="cpu",
                       mean=None, std=None, bn_batches: int = 20, bn_augment: bool = True, train_augment: dict | None = None, fractions=None,
-                      mechanisms=None, calib_split: str | None = "calib", progress: bool = False) -> dict:
+                      mechanisms=None, calib_split: str | None = "calib", greedy_path: list | None = None,
+                      progress: bool = False) -> dict:
     """CNMM operating points: for each pruning mechanism and budget (a fraction of the full
     MACs), the pruned network with and without BN statistics re-estimated on ``bn_batches``
     training batches (augmented as in ``train_augment`` unless ``bn_augment=False``; see
     :func:`bn_statistics_loader`);
     one curve per mechanism, measured on ``split``. With a ``calib_split`` other than ``split``,
     the ``greedy`` mechanism (edges ordered by their measured loss) is added, ordered on that
-    split (un-augmented)."""
+    split (un-augmented), with ``greedy-unit`` (the same networks, kept edges at weight 1);
+    ``greedy_path`` reuses an order found before on ``calib_split`` (see
+    :func:`anycost.models.cnmm.pruning_operating_points`) instead of searching again."""
     from anycost.eval import evaluate_curve
     from anycost.models.cnmm import CALIBRATED_MECHANISMS, MECHANISMS, pruning_operating_points
+
+    if greedy_path is not None and not calib_split:
+        raise ValueError("a greedy path comes with the calib_split it was chosen on")
 
     if calib_split is not None and calib_split == split:
         raise ValueError("the greedy edge order is chosen on calib_split: measure on another split")
     mean, std = mean or data.mean, std or data.std
     mechanisms = tuple(mechanisms or MECHANISMS + (CALIBRATED_MECHANISMS if calib_split else ()))
     calib_loader = BatchLoader(data.get(calib_split), batch_size, mean, std, device=device) \
-        if calib_split and "greedy" in mechanisms else None
+        if calib_split and greedy_path is None and any(m in CALIBRATED_MECHANISMS for m in mechanisms) else None
     kw = {"fractions": fractions} if fractions is not None else {}
     bn_loader = bn_statistics_loader(data, mean, std, augment=bn_augment, train_augment=train_augment, device=device)
     res = pruning_operating_points(model, bn_loader=bn_loader, bn_batches=bn_batches, mechanisms=mechanisms,
-                                   calib_loader=calib_loader, progress=progress, **kw)
+                                   calib_loader=calib_loader, greedy_path=greedy_path, progress=progress, **kw)
     curves = []
     for mech, ops in res["ops"].items():
         chosen = "train (BN statistics)" if mech.endswith("+bn") else None

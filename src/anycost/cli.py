@@ -323,19 +323,29 @@ def _calibrate_cnmm(a, model, data, norm, name, train_augment=None) -> int:
                             f"model's {full / 1e6:.3f} M")
         fractions = (a.budget / full,)
     # the greedy edge order is chosen on --calib-split, never where it is measured
+    path = None
+    if a.greedy_path:  # an order found before: the record says where it was chosen
+        from anycost.records import read_record
+
+        src = read_record(a.greedy_path)
+        path, a.calib_split = (src.get("results") or {}).get("greedy_path"), (src.get("config") or {}).get("calib_split")
+        if not path or not a.calib_split:
+            raise UserError(f"--greedy-path {a.greedy_path}: no greedy_path (and its calib_split) in this record")
+        if a.calib_split == a.split:
+            raise UserError(f"--greedy-path {a.greedy_path}: its order was chosen on {a.split}, the split to measure on")
     greedy = a.calib_split != a.split and data.val is not None
     if not greedy:
         print("no greedy edge order: " + ("--calib-split = --split" if data.val is not None else "no validation split"))
     res = calibrate_pruning(model, data, a.split, name=name, batch_size=a.batch_size, device=a.device,
                             mean=norm["mean"], std=norm["std"], fractions=fractions,
                             calib_split=a.calib_split if greedy else None, bn_augment=a.bn_augment,
-                            train_augment=train_augment, progress=True)
+                            train_augment=train_augment, greedy_path=path, progress=True)
     ops = [o.to_dict() for o in res["operating_points"]]
     if not ops:
         raise UserError(f"no pruning mechanism reaches {a.budget / 1e6:.3f} M MACs")
     rec = make_record("calibrate", {"model": a.model, "split": a.split, "budget": a.budget, "kind": "cnmm pruning",
                                     "calib_split": a.calib_split if greedy else None, "bn_augment": a.bn_augment,
-                                    "train_augment": train_augment},
+                                    "train_augment": train_augment, "greedy_path_from": a.greedy_path},
                       {"curves": [c.to_dict() for c in res["curves"]], "operating_points": ops,
                        "unreachable": res["unreachable"], "greedy_path": res["greedy_path"]}, device=a.device)
     rec_path = a.record or f"runs/calibrate/{name}.json"
@@ -552,8 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "weighted binary reduction, swept over lambda) and oracle policies there, and measure them "
                        "on --split. --budget picks one operating point for a mean-MAC budget and says whether it "
                        "is reachable. --export stores the chosen operating points with the model in the zoo. "
-                       "For a CNMM: every pruning mechanism (edges, channels, both; with and without BN "
-                       "re-estimation on training batches) at a range of budgets, or at --budget, measured on --split.")
+                       "For a CNMM: every pruning mechanism (edges, channels, both, and greedy and greedy-unit, whose "
+                       "edge order is chosen on --calib-split; with and without BN re-estimation on training batches) "
+                       "at a range of budgets, or at --budget, measured on --split.")
     c.add_argument("model", nargs="?", help="multi-exit model or CNMM: zoo name, .pt or run folder")
     c.add_argument("--cascade", nargs="+", metavar="MODEL", help="network selection over these classifiers, cheapest first")
     c.add_argument("--data-dir")
@@ -570,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bn-augment", action=argparse.BooleanOptionalAction, default=True,
                    help="CNMM: re-estimate BN statistics on augmented training batches, like the ones training saw "
                         "(default; --no-bn-augment: plain images, which cost the static ResNet-20 2.3 pt)")
+    c.add_argument("--greedy-path", metavar="RECORD", help="CNMM: reuse the greedy edge order of an earlier calibrate "
+                   "record of the same model (the search is the slow part: ~E^2/2 evaluations of the calib split)")
     c.add_argument("--device", default="cpu")
     c.add_argument("--record", help="record path (default runs/calibrate/NAME.json)")
     c.set_defaults(func=cmd_calibrate)
