@@ -26,7 +26,7 @@ cnmm() {
   anycost bench $name.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6KD2=0 / R6SW=0 / R9KD=0 (and KD=0, CHAIN=0, BNAUG=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6KD2=0 / R6SW=0 / R9KD=0 (and KD=0, CHAIN=0, BNAUG=0, UNIT=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -115,6 +115,17 @@ if [ "${BNAUG:-1}" = 1 ]; then
   for name in cnmm_r6_ft cnmm_r6 cnmm_r6b; do
     anycost calibrate $name.cifar10 --data-dir "$DATA" --name $name --split holdout \
       --record $R/calibrate/$name.cifar10-bnaug.json
+  done
+fi
+# greedy-unit (greedy's networks with kept edges at weight 1) for the distilled grids trained
+# before it existed, from their zoo entries, reusing the greedy order of their calibrate records
+# (the search took 7 and 37 min); the zoo entries then ship the new points too, and the eval
+# records are re-measured from them (UNIT=0 skips)
+if [ "${UNIT:-1}" = 1 ]; then
+  for name in cnmm_r6_kd cnmm_r9_kd; do
+    anycost calibrate $name.cifar10 --data-dir "$DATA" --name $name --split holdout \
+      --greedy-path $R/calibrate/$name.cifar10.json --export $name.cifar10 --record $R/calibrate/$name.cifar10-unit.json
+    anycost eval $name.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/$name.cifar10-holdout.json
   done
 fi
 

@@ -264,15 +264,21 @@ def test_calibrate_cli_exports_pruned_points_that_eval_reproduces(tmp_path, caps
     assert "no greedy edge order: --calib-split = --split" in capsys.readouterr().out
     assert not any("greedy" in c["method"] for c in json.loads((tmp_path / "d.json").read_text())["results"]["curves"])
     # the greedy order of an earlier record is reused, with the split it was chosen on
-    assert main(["calibrate", str(run), "--greedy-path", str(tmp_path / "cal.json"), "--record", str(tmp_path / "e.json")]) == 0
+    assert main(["calibrate", str(run), "--greedy-path", str(tmp_path / "cal.json"), "--mechanisms", "greedy-unit",
+                 "--record", str(tmp_path / "e.json")]) == 0
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["results"]["greedy_path"] == rec["results"]["greedy_path"]
+    assert {c["method"].split(": ")[-1] for c in e["results"]["curves"]} == {"greedy-unit", "greedy-unit+bn"}
+    assert [p["accuracy"] for c in e["results"]["curves"] for p in c["points"]] == [
+        p["accuracy"] for c in rec["results"]["curves"] if "greedy-unit" in c["method"] for p in c["points"]]
     assert e["config"]["greedy_path_from"] == str(tmp_path / "cal.json") and e["config"]["calib_split"] == "calib"
     capsys.readouterr()
     assert main(["calibrate", str(run), "--greedy-path", str(tmp_path / "d.json"), "--record", str(tmp_path / "f.json")]) == 2
     assert "no greedy_path" in capsys.readouterr().err
     assert main(["calibrate", str(run), "--greedy-path", str(tmp_path / "cal.json"), "--split", "calib"]) == 2
     assert "chosen on calib, the split to measure on" in capsys.readouterr().err
+    assert main(["calibrate", str(run), "--mechanisms", "edges,bogus"]) == 2
+    assert "unknown bogus" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{not json")
     assert main(["calibrate", str(run), "--greedy-path", str(tmp_path / "bad.json")]) == 2
     assert "not valid JSON" in capsys.readouterr().err

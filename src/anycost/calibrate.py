@@ -108,6 +108,8 @@ def calibrate_pruning(model, data: SplitData, split: str, *, name: str = "cnmm",
         raise ValueError("the greedy edge order is chosen on calib_split: measure on another split")
     mean, std = mean or data.mean, std or data.std
     mechanisms = tuple(mechanisms or MECHANISMS + (CALIBRATED_MECHANISMS if calib_split else ()))
+    if set(mechanisms) & set(CALIBRATED_MECHANISMS) and not calib_split:
+        raise ValueError("the greedy mechanisms order the edges on calib_split: give one")
     calib_loader = BatchLoader(data.get(calib_split), batch_size, mean, std, device=device) \
         if calib_split and greedy_path is None and any(m in CALIBRATED_MECHANISMS for m in mechanisms) else None
     kw = {"fractions": fractions} if fractions is not None else {}

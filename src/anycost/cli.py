@@ -334,18 +334,30 @@ def _calibrate_cnmm(a, model, data, norm, name, train_augment=None) -> int:
         if a.calib_split == a.split:
             raise UserError(f"--greedy-path {a.greedy_path}: its order was chosen on {a.split}, the split to measure on")
     greedy = a.calib_split != a.split and data.val is not None
+    from anycost.models.cnmm import CALIBRATED_MECHANISMS, MECHANISMS
+
+    mechanisms = None
+    if a.mechanisms:
+        mechanisms = tuple(m.strip() for m in a.mechanisms.split(","))
+        unknown = set(mechanisms) - set(MECHANISMS + CALIBRATED_MECHANISMS)
+        if unknown:
+            raise UserError(f"--mechanisms: unknown {', '.join(sorted(unknown))} "
+                            f"(choose from {', '.join(MECHANISMS + CALIBRATED_MECHANISMS)})")
+        if not greedy and set(mechanisms) & set(CALIBRATED_MECHANISMS):
+            raise UserError("--mechanisms: the greedy mechanisms need a --calib-split other than --split")
     if not greedy:
         print("no greedy edge order: " + ("--calib-split = --split" if data.val is not None else "no validation split"))
     res = calibrate_pruning(model, data, a.split, name=name, batch_size=a.batch_size, device=a.device,
                             mean=norm["mean"], std=norm["std"], fractions=fractions,
                             calib_split=a.calib_split if greedy else None, bn_augment=a.bn_augment,
-                            train_augment=train_augment, greedy_path=path, progress=True)
+                            train_augment=train_augment, greedy_path=path, mechanisms=mechanisms, progress=True)
     ops = [o.to_dict() for o in res["operating_points"]]
     if not ops:
         raise UserError(f"no pruning mechanism reaches {a.budget / 1e6:.3f} M MACs")
     rec = make_record("calibrate", {"model": a.model, "split": a.split, "budget": a.budget, "kind": "cnmm pruning",
                                     "calib_split": a.calib_split if greedy else None, "bn_augment": a.bn_augment,
-                                    "train_augment": train_augment, "greedy_path_from": a.greedy_path},
+                                    "train_augment": train_augment, "greedy_path_from": a.greedy_path,
+                                    "mechanisms": list(mechanisms) if mechanisms else None},
                       {"curves": [c.to_dict() for c in res["curves"]], "operating_points": ops,
                        "unreachable": res["unreachable"], "greedy_path": res["greedy_path"]}, device=a.device)
     rec_path = a.record or f"runs/calibrate/{name}.json"
@@ -581,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bn-augment", action=argparse.BooleanOptionalAction, default=True,
                    help="CNMM: re-estimate BN statistics on augmented training batches, like the ones training saw "
                         "(default; --no-bn-augment: plain images, which cost the static ResNet-20 2.3 pt)")
+    c.add_argument("--mechanisms", metavar="M1,M2", help="CNMM: only these pruning mechanisms (default: edges, channels, "
+                   "both, greedy, greedy-unit)")
     c.add_argument("--greedy-path", metavar="RECORD", help="CNMM: reuse the greedy edge order of an earlier calibrate "
                    "record of the same model (the search is the slow part: ~E^2/2 evaluations of the calib split)")
     c.add_argument("--device", default="cpu")

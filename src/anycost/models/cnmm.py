@@ -75,6 +75,7 @@ re-training. Everything below that goes beyond this is **our design**:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -942,6 +943,10 @@ def pruning_operating_points(model: CNMM, fractions=(1.0, 0.75, 0.6, 0.5, 0.4, 0
         else:
             path = model.greedy_edge_path(calib_loader, progress=progress)
     ops, unreachable = {}, []
+    if bn_loader is not None:
+        # the same batches for every network, so that a +bn point does not depend on which
+        # other points were computed before it (a shuffled loader moves on at every pass)
+        bn_loader = list(itertools.islice(iter(bn_loader), bn_batches))
     for mech in mechanisms:
         for f in fractions:
             spec = model.prune_spec(f * full, mech, path=path)
