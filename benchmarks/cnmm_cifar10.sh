@@ -118,9 +118,9 @@ if [ "${BNAUG:-1}" = 1 ]; then
   done
 fi
 # greedy-unit (greedy's networks with kept edges at weight 1) for the distilled grids trained
-# before it existed, from their zoo entries, reusing the greedy order of their calibrate records
-# (the search took 7 and 37 min); the zoo entries then ship the new points too, and the eval
-# records are re-measured from them (UNIT=0 skips)
+# before it existed: every mechanism again, from their zoo entries, reusing the greedy order of
+# their calibrate records (the search took 7 and 37 min), into -unit records; the zoo entries
+# ship this new set of points, and the eval records are re-measured from them (UNIT=0 skips)
 if [ "${UNIT:-1}" = 1 ]; then
   for name in cnmm_r6_kd cnmm_r9_kd; do
     anycost calibrate $name.cifar10 --data-dir "$DATA" --name $name --split holdout \
@@ -132,18 +132,30 @@ fi
 static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json)
 others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best other family, for scale
 distilled=$(ls $R/eval/resnet*_kd.cifar10-holdout.json 2>/dev/null || true)  # the KD control
-cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd,r6_sw,r9_kd}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
+cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd,r6_kd2,r6_sw,r9_kd}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
 anycost plot $static $distilled $others $cnmms -o benchmarks/cnmm_cifar10.png --static-group 'static, distilled from ResNet-56=*_kd' \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r*: *+bn' --exclude 'cnmm_r*: channels*' \
+    --exclude '*: greedy-unit' \
   --title "CIFAR-10 holdout: each CNMM trained once, pruned to many budgets (runs: README, CNMM section)"
+# the distilled grids alone against both static frontiers: greedy (mean-field weights) and
+# greedy-unit with BN re-estimation (the zoo's current points for r6_kd and r9_kd)
+kdcnmms=$(ls $R/calibrate/cnmm_{r6_kd,r9_kd}.cifar10-unit.json $R/calibrate/cnmm_r6_kd2.cifar10.json 2>/dev/null || true)
+anycost plot $static $distilled $kdcnmms -o benchmarks/cnmm_distilled.png --static-group 'static, distilled from ResNet-56=*_kd' \
+    --exclude '*: edges*' --exclude '*: channels*' --exclude '*: both*' --exclude '*: greedy+bn' --exclude '*: greedy-unit' \
+  --title "CIFAR-10 holdout: distilled CNMMs against static ResNets"
 {
   anycost report $static $cnmms --summary
   echo
-  anycost report $static $cnmms $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd,r6_sw,r9_kd}.cifar10.json 2>/dev/null)
+  anycost report $static $cnmms $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd,r6_kd2,r6_sw,r9_kd}.cifar10.json 2>/dev/null)
   echo
   echo "The residual grids' greedy points against the static frontier at equal MACs (linear in MACs between static networks)"
   echo
-  anycost report $static $distilled $(ls $R/calibrate/cnmm_{r6,r6_ft,r6_kd,r6_sw,r9_kd}.cifar10.json 2>/dev/null) \
+  anycost report $static $distilled $(ls $R/calibrate/cnmm_{r6,r6_ft,r6_kd,r6_kd2,r6_sw,r9_kd}.cifar10.json 2>/dev/null) \
     --gap 'cnmm_r*: greedy' --gap-to 'static=resnet*.cifar10' --gap-to 'static distilled=resnet*_kd'
+  echo
+  echo "The distilled grids' greedy-unit+bn points (kept edges at weight 1, BN re-estimated) against the same frontiers"
+  echo
+  anycost report $static $distilled $kdcnmms --gap 'cnmm_r*: greedy-unit+bn' \
+    --gap-to 'static=resnet*.cifar10' --gap-to 'static distilled=resnet*_kd'
 } > benchmarks/cnmm_cifar10.md
