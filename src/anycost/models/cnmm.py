@@ -37,9 +37,9 @@ re-training. Everything below that goes beyond this is **our design**:
   Why: under per-batch sampling (residual grid) each pruned network is one that training
   ran, with its edges at weight 1; mean-field weights serve the full mixture, an average
   over the networks, but scale a small network's few edges by ~``keep_max / 2``. Measured
-  on CIFAR-10 (``cnmm_r6_kd``, with BN re-estimation): +0.3 to +0.9 pt at 13-32 % of the
-  MACs, on calib and holdout alike; at the full network without BN re-estimation it costs
-  2.5 pt (the sum of all edges at weight 1 is no network training ran).
+  on CIFAR-10 (``cnmm_r6_kd`` and ``cnmm_r6_kd2``, with BN re-estimation): +0.7 to +1.3 pt at
+  13-23 % of the MACs, about nothing above; at the full network without BN re-estimation it
+  costs 1.1-2.6 pt (the sum of all edges at weight 1 is no network training ran).
   Optionally BatchNorm statistics are re-estimated on a few training batches afterwards.
 * **Export.** :func:`prune` returns a standalone static ``PrunedCNMM`` holding only the kept
   edges and channels (sliced weights). FlopCounterMode / 2 on it equals the accounted MACs,
