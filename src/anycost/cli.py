@@ -312,7 +312,8 @@ def _calibrate_cnmm(a, model, data, norm, name, train_augment=None) -> int:
     """CNMM: every pruning mechanism at a range of budgets (or at --budget), with and
     without BN re-estimation on training batches; measured on --split."""
     from anycost.calibrate import calibrate_pruning
-    from anycost.records import make_record, write_json_atomic
+    from anycost.models.cnmm import CALIBRATED_MECHANISMS, MECHANISMS
+    from anycost.records import make_record, read_record, write_json_atomic
     from anycost.report import curves_table
 
     fractions = None
@@ -325,8 +326,6 @@ def _calibrate_cnmm(a, model, data, norm, name, train_augment=None) -> int:
     # the greedy edge order is chosen on --calib-split, never where it is measured
     path = None
     if a.greedy_path:  # an order found before: the record says where it was chosen
-        from anycost.records import read_record
-
         src = read_record(a.greedy_path)
         path, a.calib_split = (src.get("results") or {}).get("greedy_path"), (src.get("config") or {}).get("calib_split")
         if not path or not a.calib_split:
@@ -334,8 +333,6 @@ def _calibrate_cnmm(a, model, data, norm, name, train_augment=None) -> int:
         if a.calib_split == a.split:
             raise UserError(f"--greedy-path {a.greedy_path}: its order was chosen on {a.split}, the split to measure on")
     greedy = a.calib_split != a.split and data.val is not None
-    from anycost.models.cnmm import CALIBRATED_MECHANISMS, MECHANISMS
-
     mechanisms = None
     if a.mechanisms:
         mechanisms = tuple(m.strip() for m in a.mechanisms.split(","))

@@ -144,8 +144,8 @@ class GridSpec:
 class PruneSpec:
     """What a pruned network keeps: edge indices and, per kept edge, its output channels.
     ``unit_weights``: the kept edges run at weight 1, the value a training step gives the
-    edges it sampled, instead of their mean-field weight ``p_e`` (see the ``-unit``
-    mechanisms in the module docstring)."""
+    edges it sampled, instead of their mean-field weight ``p_e`` (mechanism ``greedy-unit``
+    in the module docstring)."""
 
     edges: list[int]
     channels: dict[int, list[int]] = field(default_factory=dict)  # edge index -> kept output channels
@@ -771,8 +771,7 @@ class ResCNMM(CNMM):
 class PrunedResCNMM(PrunedCNMM):
     """The static residual network a PruneSpec keeps: the live edges with their kept inner
     channels, scaled by their mean-field weights ``p_e`` (by 1 with ``spec.unit_weights``);
-    nodes left with no edge are their
-    skip's value and vanish. No reference to the parent model."""
+    nodes left with no edge are their skip's value and vanish. No reference to the parent model."""
 
     def __init__(self, cnmm: ResCNMM, spec: PruneSpec):
         nn.Module.__init__(self)
