@@ -17,15 +17,14 @@ writes a plot and a JSON record. Each method family adds its curves here:
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from anycost.calibrate import cache_split, calibrate
+from anycost.calibrate import bn_statistics_loader, cache_split, calibrate
 from anycost.data import load_dataset
 from anycost.eval import evaluate_curve
-from anycost.data import BatchLoader
 from anycost.models import create_model
 from anycost.models.cnmm import MECHANISMS, pruning_operating_points
 from anycost.plot import plot_curves
@@ -33,6 +32,7 @@ from anycost.records import make_record, write_json_atomic
 from anycost.report import curves_table
 from anycost.selection import Cascade
 from anycost.train import TrainConfig, load_recipe, train
+from anycost.zoo import train_augmentation
 
 # (display name, registered model, constructor kwargs): a static family spanning ~15x in MACs
 STATIC_FAMILY = [
@@ -90,7 +90,8 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     say("CNMM (Ruiz & Verbeek): one mixture, pruned to many budgets")
     t0 = time.perf_counter()
     cn = _train(base, out, "cnmm", "test_cnmm", {"widths": [16, 32, 64]}, data)
-    bn_loader = BatchLoader(data.train, 128, data.mean, data.std)
+    # BN statistics re-estimated on training batches augmented as the demo recipe trains (crop, no flips)
+    bn_loader = bn_statistics_loader(data, data.mean, data.std, train_augment=train_augmentation(asdict(base)), batch_size=128)
     res = pruning_operating_points(cn, fractions=(1.0, 0.7, 0.5, 0.35, 0.25, 0.15), mechanisms=MECHANISMS,
                                    bn_loader=bn_loader, bn_batches=5)
     for mech, ops in res["ops"].items():
