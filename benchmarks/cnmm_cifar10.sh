@@ -86,7 +86,7 @@ fi
 # resnet56, distill 1), one per depth in KD_DEPTHS, to see how much of the distilled CNMM's gain
 # distillation alone gives (KD=0 skips)
 if [ "${KD:-1}" = 1 ]; then
-  for d in ${KD_DEPTHS:-8 14 20}; do
+  for d in ${KD_DEPTHS:-8 14 20 32}; do
     run=runs/cifar10-cpu/resnet${d}_kd flag=""
     [ -f $run/last.pt ] && flag=--resume
     anycost train resnet$d --recipe cpu30 --amp bf16 --teacher resnet56.cifar10 --distill 1 --data-dir "$DATA" \
