@@ -127,6 +127,9 @@ if [ "${UNIT:-1}" = 1 ]; then
       --greedy-path $R/calibrate/$name.cifar10.json --export $name.cifar10 --record $R/calibrate/$name.cifar10-unit.json
     anycost eval $name.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/$name.cifar10-holdout.json
   done
+  # the weight-1 gain on calib as well as holdout (both weightings of the same networks)
+  python benchmarks/cnmm_unit_weights.py cnmm_r6_kd.cifar10 --data-dir "$DATA" --path $R/calibrate/cnmm_r6_kd.cifar10.json \
+    --record $R/eval/cnmm_r6_kd-unit-weights.json > benchmarks/cnmm_unit_weights.md
 fi
 
 static=$(ls $R/eval/resnet{8,14,20,32,56}.cifar10-holdout.json)
