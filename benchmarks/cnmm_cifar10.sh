@@ -26,7 +26,7 @@ cnmm() {
   anycost bench $name.cifar10 --data-dir "$DATA" --split holdout --threads 2 --record $R/bench/$name.cifar10.json
 }
 
-# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6KD2=0 / R6SW=0 / R9KD=0 / R6NC=0 (and KD=0, CHAIN=0, BNAUG=0, UNIT=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
+# D8=0 / R6=0 / R6B=0 / R6FT=0 / R6KD=0 / R6KD2=0 / R6SW=0 / R9KD=0 / R6NC=0 / R9LKD=0 (and KD=0, CHAIN=0, BNAUG=0, UNIT=0 below) skip a model's train, calibrate and bench (e.g. to redraw the plot and table only)
 if [ "${D8:-1}" = 1 ]; then
   cnmm cnmm_d8 cnmm_d8 ${CNMM_EPOCHS:-14} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.7}'
 fi
@@ -93,6 +93,19 @@ if [ "${R6NC:-1}" = 1 ]; then
     --amp bf16 --teacher resnet56.cifar10 --distill 1
   anycost eval cnmm_r6_nc.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/cnmm_r6_nc.cifar10-holdout.json
 fi
+# Late down-sampling (cnmm_r9l_kd): in cnmm_r9 the always-on diagonals down-sample at depths 1
+# and 2, so every network of the mixture has an 8x8 trunk from depth 2 on and the higher
+# resolutions only join it through optional 16->8 diagonals, whose learned probabilities fell
+# to ~0.06 (benchmarks/cnmm_probabilities.md); greedy then kept 8x8 stacks. cnmm_r9l starts
+# the 16x16 scale at depth 3 and the 8x8 one at depth 6 (its longest trunk: 2 blocks at 32x32,
+# a diagonal and 2 at 16x16, a diagonal and 3 at 8x8: ResNet-20's 40.55 M MACs). Trained as
+# R9KD (from scratch, teacher resnet56, distill 1, bf16, same kwargs), R9LKD_EPOCHS (default 40)
+# epochs (R9LKD=0 skips)
+if [ "${R9LKD:-1}" = 1 ]; then
+  cnmm cnmm_r9l_kd cnmm_r9l ${R9LKD_EPOCHS:-40} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
+    --amp bf16 --teacher resnet56.cifar10 --distill 1
+  anycost eval cnmm_r9l_kd.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/cnmm_r9l_kd.cifar10-holdout.json
+fi
 # Control for R6KD: static ResNets distilled the same way (30 epochs of cpu30, bf16, teacher
 # resnet56, distill 1), one per depth in KD_DEPTHS, to see how much of the distilled CNMM's gain
 # distillation alone gives (KD=0 skips)
@@ -149,7 +162,7 @@ others=$R/calibrate/select_resnet8_resnet14_resnet20.cifar10.json  # the best ot
 # README's numbers); ResNet-32, trained last, is drawn in the plots and compared in the README
 distilled=$(ls $R/eval/resnet{8,14,20}_kd.cifar10-holdout.json 2>/dev/null || true)
 distilled_all=$(ls $R/eval/resnet*_kd.cifar10-holdout.json 2>/dev/null || true)
-cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd,r6_kd2,r6_sw,r9_kd,r6_nc}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
+cnmms=$(ls $R/calibrate/cnmm_{d8,r6,r6b,r6_ft,r6_kd,r6_kd2,r6_sw,r9_kd,r6_nc,r9l_kd}.cifar10{,-e30}.json 2>/dev/null || true)  # not every run has an -e30 twin
 anycost plot $static $distilled_all $others $cnmms -o benchmarks/cnmm_cifar10.png --static-group 'static, distilled from ResNet-56=*_kd' \
     --exclude '*fixed exit' --exclude '*oracle*' --exclude 'cnmm_d8: channels*' --exclude 'cnmm_d8: both*' \
     --exclude '*: channels' --exclude '*: both' --exclude 'cnmm_r*: *+bn' --exclude 'cnmm_r*: channels*' \
@@ -157,18 +170,18 @@ anycost plot $static $distilled_all $others $cnmms -o benchmarks/cnmm_cifar10.pn
   --title "CIFAR-10 holdout: each CNMM trained once, pruned to many budgets (runs: README, CNMM section)"
 # the distilled grids alone against both static frontiers: greedy (mean-field weights) and
 # greedy-unit with BN re-estimation (the zoo's current points for r6_kd and r9_kd)
-kdcnmms=$(ls $R/calibrate/cnmm_{r6_kd,r9_kd}.cifar10-unit.json $R/calibrate/cnmm_{r6_kd2,r6_nc}.cifar10.json 2>/dev/null || true)
+kdcnmms=$(ls $R/calibrate/cnmm_{r6_kd,r9_kd}.cifar10-unit.json $R/calibrate/cnmm_{r6_kd2,r6_nc,r9l_kd}.cifar10.json 2>/dev/null || true)
 anycost plot $static $distilled_all $kdcnmms -o benchmarks/cnmm_distilled.png --static-group 'static, distilled from ResNet-56=*_kd' \
     --exclude '*: edges*' --exclude '*: channels*' --exclude '*: both*' --exclude '*: greedy+bn' --exclude '*: greedy-unit' \
   --title "CIFAR-10 holdout: distilled CNMMs against static ResNets"
 {
   anycost report $static $cnmms --summary
   echo
-  anycost report $static $cnmms $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd,r6_kd2,r6_sw,r9_kd,r6_nc}.cifar10.json 2>/dev/null)
+  anycost report $static $cnmms $(ls $R/bench/cnmm_{d8,d8_e30,r6,r6b,r6_ft,r6_kd,r6_kd2,r6_sw,r9_kd,r6_nc,r9l_kd}.cifar10.json 2>/dev/null)
   echo
   echo "The residual grids' greedy points against the static frontier at equal MACs (linear in MACs between static networks)"
   echo
-  anycost report $static $distilled $(ls $R/calibrate/cnmm_{r6,r6_ft,r6_kd,r6_kd2,r6_sw,r9_kd,r6_nc}.cifar10.json 2>/dev/null) \
+  anycost report $static $distilled $(ls $R/calibrate/cnmm_{r6,r6_ft,r6_kd,r6_kd2,r6_sw,r9_kd,r6_nc,r9l_kd}.cifar10.json 2>/dev/null) \
     --gap 'cnmm_r*: greedy' --gap-to 'static=resnet*.cifar10' --gap-to 'static distilled=resnet*_kd'
   echo
   echo "The distilled grids' greedy-unit+bn points (kept edges at weight 1, BN re-estimated) against the same frontiers"

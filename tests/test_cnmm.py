@@ -338,6 +338,30 @@ def test_residual_cheapest_network_is_the_diagonal_chain():
     assert torch.allclose(net(x), m(x), atol=1e-5)
 
 
+def test_late_downsampling_grid():
+    """scale_starts moves where each scale begins, so the always-on diagonals (the trunk of
+    every network of the mixture) down-sample late, as a ResNet does, instead of at depths 1, 2."""
+    assert GridSpec(4, 3, (0, 1, 2)).nodes() == GridSpec(4, 3).nodes()
+    m = create_model("test_cnmm_r", num_classes=10, in_chans=1, scale_starts=(0, 2, 3)).eval()
+    assert m.grid == GridSpec(4, 3, (0, 2, 3))
+    # (3, 0) is gone: from there the 8x8 scale cannot be reached by depth 4
+    assert m.node_list == [(0, 0), (1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (4, 2)]
+    mand = [(m.node_list[a], m.node_list[b]) for (a, b), k in zip(m.edge_list, m.mandatory.tolist()) if k]
+    assert mand == [((1, 0), (2, 1)), ((2, 1), (3, 2))] and len(m.edge_list) == 8
+    x = torch.randn(2, 1, 8, 8)
+    net = m.prune(m.full_macs(), "edges").eval()
+    assert torch.allclose(net(x), m(x), atol=1e-5)
+    assert net.macs == m.full_macs() == module_macs(m, (1, 8, 8)) == count_macs(net, x) // 2
+    cheapest = m._export(PruneSpec([])).eval()
+    assert cheapest.macs == m.stem_macs + m.head_macs + sum(c for c, k in zip(m.edge_macs, m.mandatory.tolist()) if k)
+    with torch.no_grad():
+        m.logits[~m.mandatory] = -float("inf")
+    assert torch.allclose(cheapest(x), m(x), atol=1e-5)
+    for bad in [(0, 2), (1, 2, 3), (0, 2, 2), (0, 2, 5)]:
+        with pytest.raises(ValueError, match="scale_starts"):
+            create_model("test_cnmm_r", scale_starts=bad)
+
+
 @pytest.fixture(scope="module")
 def trained_res(tmp_path_factory):
     data = load_dataset("digits")

@@ -120,15 +120,25 @@ class ResEdgeBlock(nn.Module):
 class GridSpec:
     depth: int
     scales: int
+    starts: tuple[int, ...] | None = None  # first depth of each scale; None: scale s from depth s
+
+    def scale_starts(self) -> tuple[int, ...]:
+        return tuple(range(self.scales)) if self.starts is None else tuple(self.starts)
 
     def nodes(self) -> list[tuple[int, int]]:
-        """Topologically ordered nodes that lie on some input -> output path."""
-        out = []
-        for l in range(self.depth + 1):
-            lo = max(0, self.scales - 1 - (self.depth - l))
-            for s in range(lo, min(l, self.scales - 1) + 1):
-                out.append((l, s))
-        return out
+        """Topologically ordered nodes that lie on some input -> output path: node (l, s) is
+        reached from the input when l >= starts[s] (starts increase strictly), and reaches the
+        output (depth, scales-1) when stepping down one scale per depth, each step no earlier
+        than that scale's start, gets there by the last depth."""
+        starts = self.scale_starts()
+
+        def reaches_output(l: int, s: int) -> bool:
+            for t in range(s + 1, self.scales):
+                l = max(l + 1, starts[t])
+            return l <= self.depth
+
+        return [(l, s) for l in range(self.depth + 1) for s in range(self.scales)
+                if l >= starts[s] and reaches_output(l, s)]
 
     def edges(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
         nodes = set(self.nodes())
@@ -165,18 +175,24 @@ class CNMM(nn.Module):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, depth: int = 8, scales: int = 3,
                  widths: tuple[int, ...] = (16, 32, 64), input_hw: int = 32, init_logit: float = 2.0,
                  tau: tuple[float, float] = (1.0, 0.2), cost_weight: float = 0.0, slim_l1: float = 0.0,
-                 task: str = "classify", keep_max: float = 1.0):
+                 task: str = "classify", keep_max: float = 1.0, scale_starts: tuple[int, ...] | None = None):
         super().__init__()
         if len(widths) != scales:
             raise ValueError(f"need one width per scale: {scales} scales, {len(widths)} widths")
         if depth < scales - 1:
             raise ValueError("depth must allow a stride-2 edge into every scale")
+        if scale_starts is not None:
+            scale_starts = tuple(int(v) for v in scale_starts)
+            if (len(scale_starts) != scales or scale_starts[0] != 0 or scale_starts[-1] > depth
+                    or any(b <= a for a, b in zip(scale_starts, scale_starts[1:]))):
+                raise ValueError(f"scale_starts is the first depth of each of the {scales} scales: 0, then "
+                                 f"strictly increasing, at most depth {depth}; got {scale_starts}")
         if task not in ("classify", "segment"):
             raise ValueError("task is 'classify' or 'segment'")
         if not 0.0 < keep_max <= 1.0:
             raise ValueError(f"keep_max is a probability in (0, 1], got {keep_max}")
         self.keep_max = float(keep_max)
-        self.grid = GridSpec(depth, scales)
+        self.grid = GridSpec(depth, scales, scale_starts)
         self.widths, self.num_classes, self.in_chans, self.input_hw = tuple(widths), num_classes, in_chans, input_hw
         self.task, self.tau, self.cost_weight, self.slim_l1 = task, tuple(tau), cost_weight, slim_l1
         self.node_list = self.grid.nodes()
@@ -637,7 +653,8 @@ class ResCNMM(CNMM):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, depth: int = 6, scales: int = 3,
                  widths: tuple[int, ...] = (16, 32, 64), input_hw: int = 32, init_logit: float = 3.0,
                  cost_weight: float = 0.0, slim_l1: float = 0.0, keep_max: float = 0.75, task: str = "classify",
-                 sampling: str = "edges", order_noise: tuple[float, float] = (1.0, 0.1), sandwich: bool = False):
+                 sampling: str = "edges", order_noise: tuple[float, float] = (1.0, 0.1), sandwich: bool = False,
+                 scale_starts: tuple[int, ...] | None = None):
         if task != "classify":
             raise ValueError("the residual grid classifies only; use CNMM(task='segment') for dense prediction")
         if sampling not in ("edges", "budget"):
@@ -647,7 +664,7 @@ class ResCNMM(CNMM):
         self.sampling, self.order_noise = sampling, tuple(float(v) for v in order_noise)
         self.sandwich = bool(sandwich)
         super().__init__(num_classes, in_chans, depth, scales, widths, input_hw, init_logit, (1.0, 1.0),
-                         cost_weight, slim_l1, task, keep_max)
+                         cost_weight, slim_l1, task, keep_max, scale_starts)
         self.edges = nn.ModuleList(
             ResEdgeBlock(widths[self.node_list[a][1]], widths[self.node_list[b][1]], 1 + self.node_list[b][1] - self.node_list[a][1])
             for a, b in self.edge_list)
@@ -881,6 +898,18 @@ def cnmm_r8(**kw):
 def cnmm_r9(**kw):
     """Residual grid, depth 9: its longest path is ResNet-20 deep (nine basic blocks, three per
     scale), where ``cnmm_r6``'s is ResNet-14 deep (all 37 edges: 156 M MACs; cheapest: 7.5 M)."""
+    return ResCNMM(depth=9, **kw)
+
+
+@register_model(family="cnmm")
+def cnmm_r9l(**kw):
+    """Residual grid, depth 9, with late down-sampling (``scale_starts=(0, 3, 6)``): the 16x16
+    scale starts at depth 3 and the 8x8 one at depth 6, so the always-on trunk (stem, identities,
+    the two diagonals) down-samples about where a ResNet-20 does; its longest trunk is 2 blocks
+    at 32x32, a diagonal and 2 at 16x16, a diagonal and 3 at 8x8 (40.55 M MACs, as ResNet-20).
+    ``cnmm_r9`` down-samples at depths 1 and 2, and its trained mixtures leaned on 8x8 stacks
+    (README). 25 edges, 23 optional (106.6 M MACs with every edge; cheapest: 7.5 M)."""
+    kw.setdefault("scale_starts", (0, 3, 6))
     return ResCNMM(depth=9, **kw)
 
 
