@@ -99,10 +99,10 @@ fi
 # to ~0.06 (benchmarks/cnmm_probabilities.md); greedy then kept 8x8 stacks. cnmm_r9l starts
 # the 16x16 scale at depth 3 and the 8x8 one at depth 6 (its longest trunk: 2 blocks at 32x32,
 # a diagonal and 2 at 16x16, a diagonal and 3 at 8x8: ResNet-20's 40.55 M MACs). Trained as
-# R9KD (from scratch, teacher resnet56, distill 1, bf16, same kwargs), R9LKD_EPOCHS (default 40)
-# epochs (R9LKD=0 skips)
+# R9KD (from scratch, teacher resnet56, distill 1, bf16, same kwargs) but R9LKD_EPOCHS (default
+# 30) epochs, as an epoch here took ~90 s against R9KD's ~61 (R9LKD=0 skips)
 if [ "${R9LKD:-1}" = 1 ]; then
-  cnmm cnmm_r9l_kd cnmm_r9l ${R9LKD_EPOCHS:-40} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
+  cnmm cnmm_r9l_kd cnmm_r9l ${R9LKD_EPOCHS:-30} '{"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' \
     --amp bf16 --teacher resnet56.cifar10 --distill 1
   anycost eval cnmm_r9l_kd.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/cnmm_r9l_kd.cifar10-holdout.json
 fi
@@ -189,3 +189,7 @@ anycost plot $static $distilled_all $kdcnmms -o benchmarks/cnmm_distilled.png --
   anycost report $static $distilled $kdcnmms --gap 'cnmm_r*: greedy-unit+bn' \
     --gap-to 'static=resnet*.cifar10' --gap-to 'static distilled=resnet*_kd'
 } > benchmarks/cnmm_cifar10.md
+# the residual grids' learned keep probabilities by kind of edge (no data needed)
+python benchmarks/cnmm_probabilities.py $(for n in r6 r6_ft r6_kd r6_kd2 r6_sw r9_kd r6_nc r9l_kd; do
+  [ -n "$(anycost zoo 2>/dev/null | grep -w cnmm_$n.cifar10)" ] && echo cnmm_$n.cifar10; done) \
+  --record $R/eval/cnmm-probabilities.json > benchmarks/cnmm_probabilities.md

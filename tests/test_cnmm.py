@@ -322,6 +322,30 @@ def test_residual_training_runs_one_network_per_batch_and_skips_the_rest():
     assert all((g[e] != 0) == (ran[e] and not m.mandatory[e]) for e in range(len(ran)))
 
 
+def test_residual_training_skips_sampled_edges_that_cannot_reach_the_output():
+    """A sampled edge whose every way on to the output is off is not run: it would change
+    neither the output nor any gradient, only the cost of the step."""
+    m = create_model("test_cnmm_r", num_classes=10, in_chans=1, init_logit=0.0, keep_max=1.0).train()
+    ran = []
+    for i, e in enumerate(m.edges):
+        e.register_forward_hook(lambda mod, inp, out, i=i: ran.append(i))
+    x = torch.randn(4, 1, 8, 8)
+    skipped_some = False
+    for seed in range(30):
+        torch.manual_seed(seed)
+        sampled = {e for e, v in enumerate((torch.rand(len(m.edge_list)) < m.probabilities()).tolist()) if v}
+        ran.clear()
+        torch.manual_seed(seed)
+        out = m(x)
+        alive = m._alive(sampled)
+        assert set(ran) == alive  # mandatory edges, plus the sampled ones that reach the output
+        skipped_some |= bool(sampled - alive - set(m.mandatory.nonzero().flatten().tolist()))
+        # the step runs exactly the network that pruning to these edges deploys (weight 1)
+        net = m._export(PruneSpec(sorted(sampled), unit_weights=True)).train()
+        assert torch.allclose(net(x), out, atol=1e-5)
+    assert skipped_some
+
+
 def test_residual_cheapest_network_is_the_diagonal_chain():
     m = create_model("test_cnmm_r", num_classes=10, in_chans=1).eval()
     spec = m.prune_edges(0.0 + m.stem_macs + m.head_macs + sum(

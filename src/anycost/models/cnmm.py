@@ -54,7 +54,7 @@ re-training. Everything below that goes beyond this is **our design**:
   any subset of edges is then a working ResNet (fewer blocks, other down-sampling depths),
   down to stem -> the two always-on diagonal edges -> head (8 % of the MACs). It also trains
   one network of the mixture per batch (hard Bernoulli, straight-through for ``p``) instead of
-  per-example Concrete masks, so a step pays only for the edges it samples.
+  per-example Concrete masks, so a step pays only for the sampled edges that reach the output.
 * **Budget sampling** (``ResCNMM(sampling="budget")``, ``cnmm_r6b``). With independent edges
   and near-equal probabilities, the networks trained are random halves of the grid while the
   networks deployed are probability-ordered prefixes, and the mean-field full mixture is a
@@ -70,6 +70,12 @@ re-training. Everything below that goes beyond this is **our design**:
   also runs the full network and the cheapest one (the diagonal chain) and averages the three
   losses; the full pass sees ``p`` detached, so the mixing probabilities still learn from the
   sampled networks (and the cost term) alone.
+* **Late down-sampling** (``scale_starts``): scale s begins at depth ``scale_starts[s]`` rather
+  than s. The first node of a scale has one incoming edge, an always-on diagonal, so by default
+  every network of the mixture is 8x8 from depth 2 on, and the higher resolutions reach the
+  output only through optional 16->8 diagonals, whose learned probabilities fell to ~0.05 in
+  every distilled run, with or without the cost term. Late starts put the always-on trunk's
+  down-sampling where a ResNet has it (``cnmm_r9l``).
 """
 
 from __future__ import annotations
@@ -625,19 +631,20 @@ class PrunedCNMM(nn.Module):
 
 class ResCNMM(CNMM):
     """The residual grid ("Residual grid" in the module docstring): the same nodes and edges as
-    :class:`CNMM`, but a node at depth ``l > s`` adds its same-scale predecessor as an identity
-    skip, ``x(l, s) = relu(x(l-1, s) + sum_e m_e f_e(x_src))``, with ``f_e`` a basic-block
+    :class:`CNMM`, but a node past its scale's first depth adds its same-scale predecessor as
+    an identity skip, ``x(l, s) = relu(x(l-1, s) + sum_e m_e f_e(x_src))``, with ``f_e`` a basic-block
     branch. Dropping every edge into a node leaves the identity, so any subset of edges is
     a working network (a ResNet with fewer blocks and other down-sampling depths) down to
-    the chain stem -> diagonal edges -> head. The diagonal edges ``(s-1, s-1) -> (s, s)`` are
-    a scale's only entry, so they are always on (``p = 1``) and never pruned.
+    the chain stem -> diagonal edges -> head. The diagonal edge into each scale's first node
+    (``(s-1, s-1) -> (s, s)``, or later with ``scale_starts``) is that scale's only entry, so
+    it is always on (``p = 1``) and never pruned.
 
     Training draws one hard Bernoulli mask per *batch* (one network of the mixture per step,
-    as stochastic depth does) and skips the edges that are off, so a step costs the sampled
-    network's MACs rather than the whole grid's; the keep probabilities get a
-    straight-through gradient (``m = b + p - stop_grad(p)``: the forward value is the 0/1
-    sample ``b``, the gradient that of ``p * f_e``) from the edges that ran, plus the cost
-    term. Inference is mean-field: ``m_e = p_e``, exact in expectation for the sum. The
+    as stochastic depth does) and skips the edges that are off or cannot reach the output,
+    so a step costs the sampled network's MACs rather than the whole grid's; the keep
+    probabilities get a straight-through gradient (``m = b + p - stop_grad(p)``: the forward
+    value is the 0/1 sample ``b``, the gradient that of ``p * f_e``) from the edges that ran,
+    plus the cost term. Inference is mean-field: ``m_e = p_e``, exact in expectation for the sum. The
     pruned networks drop inner channels of the branches (by ``|gamma|`` of the first BN),
     so node widths, and the identities, stay whole. Classification only.
 
@@ -723,7 +730,10 @@ class ResCNMM(CNMM):
             b = (torch.rand(p.shape, device=p.device) < p).to(p.dtype) if self.sampling == "edges" \
                 else self._budget_sample().to(device=p.device, dtype=p.dtype)
             w = b + (p - p.detach())  # value b, gradient of p (straight-through)
-            on = b.bool().tolist()
+            # run only the sampled edges that reach the output: a sampled edge whose every way
+            # on is off changes nothing and learns nothing, and would cost its MACs all the same
+            alive = self._alive({e for e, v in enumerate(b.tolist()) if v})
+            on = [e in alive for e in range(len(self.edge_list))]
         else:
             w, on = self.edge_weights().to(p.dtype), [True] * len(self.edge_list)
         vals: list[Tensor | None] = [None] * len(self.node_list)
