@@ -82,9 +82,10 @@ if [ "${R9KD:-1}" = 1 ]; then
     --amp bf16 --teacher resnet56.cifar10 --distill 1
   anycost eval cnmm_r9_kd.cifar10 --data-dir "$DATA" --split holdout --record $R/eval/cnmm_r9_kd.cifar10-holdout.json
 fi
-# No cost term (cnmm_r6_nc): every distilled grid above learned, under cost weight 0.1, keep
-# probabilities of ~0.05 for all the 32x32 and 16x16 edges (only the 8x8 blocks stay near the 0.6
-# cap), so those edges train in ~5 % of the steps and the full mixture is close to an 8x8 stack.
+# No cost term (cnmm_r6_nc): under cost weight 0.1, cnmm_r6_kd2 learned keep probabilities of
+# ~0.05 for all its 32x32 and 16x16 edges (its 8x8 blocks stay near the 0.6 cap), and cnmm_r9_kd
+# for its 16->8 diagonals, the only way from the higher resolutions into the 8x8 output
+# (benchmarks/cnmm_probabilities.md): is the cost term what leaves an 8x8 stack?
 # The same grid and kwargs with cost_weight 0, trained from scratch and distilled as R9KD
 # (teacher resnet56, distill 1, bf16, cpu30 at its lr), R6NC_EPOCHS (default 40) epochs; the
 # calibrated (greedy) order, not the cost term, then picks what each budget keeps (R6NC=0 skips)

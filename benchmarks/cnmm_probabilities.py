@@ -2,10 +2,11 @@
 mixture learn to keep? No data needed; reads models (zoo names, .pt files, run folders).
 
 Edge kinds on a 3-scale grid (scale 0: 32x32, 1: 16x16, 2: 8x8): same-scale blocks at each
-scale, and the stride-2 diagonals 0->1 and 1->2. The first two diagonals (stem -> 16x16 ->
-8x8) are always on; the optional 1->2 diagonals are the only way the 16x16 and 32x32 nodes
-past depth 1 reach the 8x8 output, so when their probability falls, so does the weight of
-all high-resolution work in the mixture output.
+scale, and the stride-2 diagonals 0->1 and 1->2. In the default grid the first two diagonals
+(stem -> 16x16 -> 8x8) are always on, and the optional 1->2 diagonals are the only way the
+16x16 and 32x32 nodes past depth 1 reach the 8x8 output, so when their probability falls, so
+does the weight of all later high-resolution work in the mixture output (with
+``scale_starts`` the always-on diagonals come later, and the trunk carries more of it).
 
     python benchmarks/cnmm_probabilities.py cnmm_r6.cifar10 cnmm_r6_kd2.cifar10 \
         --record benchmarks/records/eval/cnmm-probabilities.json > benchmarks/cnmm_probabilities.md
