@@ -111,7 +111,12 @@ def test_models_and_zoo_listing(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} >= {"resnet8", "resnet20", "resnet56"}
     assert main(["zoo", "--json"]) == 0
-    assert isinstance(json.loads(capsys.readouterr().out), list)
+    entries = json.loads(capsys.readouterr().out)
+    assert isinstance(entries, list)
+    # the table lists every shipped model, cascades (no epochs of their own) included
+    assert main(["zoo"]) == 0
+    table = capsys.readouterr().out
+    assert all(e["name"] in table for e in entries)
 
 
 def test_parser_builds():

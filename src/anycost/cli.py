@@ -127,7 +127,9 @@ def cmd_zoo(a) -> int:
     print(f"{'name':<24} {'family':<10} {'val top-1':>9} {'MACs':>10} {'epochs':>6} {'size':>8}")
     for k, v in idx.items():
         acc = f"{v['val_acc']:.2f}%" if v.get("val_acc") is not None else "-"
-        print(f"{k:<24} {v['family']:<10} {acc:>9} {v['macs'] / 1e6:>8.2f} M {v.get('epochs', ''):>6} {v['size_bytes'] / 1e6:>6.2f}MB")
+        epochs = v.get("epochs")  # None for cascades, whose members were trained apart
+        epochs = "-" if epochs is None else epochs
+        print(f"{k:<24} {v['family']:<10} {acc:>9} {v['macs'] / 1e6:>8.2f} M {epochs:>6} {v['size_bytes'] / 1e6:>6.2f}MB")
     return 0
 
 
