@@ -191,6 +191,7 @@ anycost plot $static $distilled_all $kdcnmms -o benchmarks/cnmm_distilled.png --
     --gap-to 'static=resnet*.cifar10' --gap-to 'static distilled=resnet*_kd'
 } > benchmarks/cnmm_cifar10.md
 # the residual grids' learned keep probabilities by kind of edge (no data needed)
+zoo=$(anycost zoo 2>/dev/null)
 python benchmarks/cnmm_probabilities.py $(for n in r6 r6_ft r6_kd r6_kd2 r6_sw r9_kd r6_nc r9l_kd; do
-  [ -n "$(anycost zoo 2>/dev/null | grep -w cnmm_$n.cifar10)" ] && echo cnmm_$n.cifar10; done) \
+  grep -qw "cnmm_$n.cifar10" <<< "$zoo" && echo cnmm_$n.cifar10; done) \
   --record $R/eval/cnmm-probabilities.json > benchmarks/cnmm_probabilities.md

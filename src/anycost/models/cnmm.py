@@ -129,15 +129,22 @@ class GridSpec:
     scales: int
     starts: tuple[int, ...] | None = None  # first depth of each scale; None: scale s from depth s
 
-    def scale_starts(self) -> tuple[int, ...]:
-        return tuple(range(self.scales)) if self.starts is None else tuple(self.starts)
+    def __post_init__(self):
+        if self.starts is None:
+            self.starts = tuple(range(self.scales))
+            return
+        self.starts = tuple(int(v) for v in self.starts)
+        st = self.starts
+        if len(st) != self.scales or st[0] != 0 or st[-1] > self.depth or any(b <= a for a, b in zip(st, st[1:])):
+            raise ValueError(f"scale_starts is the first depth of each of the {self.scales} scales: 0, then "
+                             f"strictly increasing, at most depth {self.depth}; got {st}")
 
     def nodes(self) -> list[tuple[int, int]]:
         """Topologically ordered nodes that lie on some input -> output path: node (l, s) is
         reached from the input when l >= starts[s] (starts increase strictly), and reaches the
         output (depth, scales-1) when stepping down one scale per depth, each step no earlier
         than that scale's start, gets there by the last depth."""
-        starts = self.scale_starts()
+        starts = self.starts
 
         def reaches_output(l: int, s: int) -> bool:
             for t in range(s + 1, self.scales):
@@ -188,18 +195,12 @@ class CNMM(nn.Module):
             raise ValueError(f"need one width per scale: {scales} scales, {len(widths)} widths")
         if depth < scales - 1:
             raise ValueError("depth must allow a stride-2 edge into every scale")
-        if scale_starts is not None:
-            scale_starts = tuple(int(v) for v in scale_starts)
-            if (len(scale_starts) != scales or scale_starts[0] != 0 or scale_starts[-1] > depth
-                    or any(b <= a for a, b in zip(scale_starts, scale_starts[1:]))):
-                raise ValueError(f"scale_starts is the first depth of each of the {scales} scales: 0, then "
-                                 f"strictly increasing, at most depth {depth}; got {scale_starts}")
         if task not in ("classify", "segment"):
             raise ValueError("task is 'classify' or 'segment'")
         if not 0.0 < keep_max <= 1.0:
             raise ValueError(f"keep_max is a probability in (0, 1], got {keep_max}")
         self.keep_max = float(keep_max)
-        self.grid = GridSpec(depth, scales, scale_starts)
+        self.grid = GridSpec(depth, scales, scale_starts)  # checks scale_starts
         self.widths, self.num_classes, self.in_chans, self.input_hw = tuple(widths), num_classes, in_chans, input_hw
         self.task, self.tau, self.cost_weight, self.slim_l1 = task, tuple(tau), cost_weight, slim_l1
         self.node_list = self.grid.nodes()
