@@ -19,15 +19,9 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from anycost.core import DynamicModel, DynamicOutput, OperatingPoint
+
 __all__ = ["DynamicOutput", "count_macs", "module_macs", "StaticModel", "as_dynamic", "check_reported_macs", "MacsCheck"]
-
-
-@dataclass
-class DynamicOutput:
-    logits: Tensor  # (B, K)
-    macs: Tensor  # (B,) float64: MACs actually spent on each input, decision overhead included
-    path: Tensor | None = None  # (B,) long: exit / path / network index each input took, if any
-    num_paths: int = 0  # how many distinct values ``path`` can take (for per-exit fractions)
 
 
 def count_macs(fn, *args, **kwargs) -> int:
@@ -50,8 +44,11 @@ def module_macs(module: nn.Module, input_shape: tuple[int, ...], device=None, dt
         module.train(was_training)
 
 
-class StaticModel(nn.Module):
-    """Gives a plain classifier the dynamic interface: one operating point, constant MACs."""
+class StaticModel(DynamicModel):
+    """Gives any plain classifier the contract: one operating point ('full'), constant MACs;
+    its export is the network itself."""
+
+    family = "static"
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int, int]):
         super().__init__()
@@ -62,19 +59,25 @@ class StaticModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def infer(self, x: Tensor, op=None) -> DynamicOutput:
-        logits = self.model(x)
-        return DynamicOutput(logits, torch.full((x.shape[0],), float(self.macs_per_sample), dtype=torch.float64, device=x.device))
+    def check_op(self, op: OperatingPoint) -> OperatingPoint:
+        if op.params:
+            raise ValueError(f"a static network has one operating point ('full') without params, got {dict(op.params)}")
+        return op
 
-    def operating_points(self):
-        from anycost.eval import OperatingPoint
+    def _infer(self, x: Tensor, op: OperatingPoint) -> DynamicOutput:
+        return DynamicOutput(self.model(x), torch.full((x.shape[0],), float(self.macs_per_sample),
+                                                       dtype=torch.float64, device=x.device))
 
-        return [OperatingPoint("full")]
+    def export(self, op: OperatingPoint | str | None = None) -> nn.Module:
+        self._export_op(op)
+        import copy
+
+        return copy.deepcopy(self.model).eval()
 
 
-def as_dynamic(model: nn.Module, input_size: tuple[int, int, int]) -> nn.Module:
-    """The model itself if it already speaks ``infer``; else a StaticModel around it."""
-    return model if hasattr(model, "infer") else StaticModel(model, input_size)
+def as_dynamic(model: nn.Module, input_size: tuple[int, int, int]) -> DynamicModel:
+    """The model itself if it implements the contract; else a StaticModel around it."""
+    return model if isinstance(model, DynamicModel) else StaticModel(model, input_size)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .registry import register_model
+from .static import StaticNet
 
 __all__ = ["BasicBlock", "CifarResNet", "conv_macs"]
 
@@ -57,7 +58,7 @@ class BasicBlock(nn.Module):
         return conv_macs(self.conv1, h, w) + conv_macs(self.conv2, h, w)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StaticNet):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
                  widths: tuple[int, ...] = (16, 32, 64), blocks_per_stage: int | None = None,
                  zero_init_residual: bool = False):

@@ -1,0 +1,51 @@
+"""The static family: one network, one operating point ('full'), constant MACs per input.
+
+:class:`StaticNet` is the contract for a network class that is static by design (the CIFAR
+ResNets inherit it); :class:`anycost.cost.StaticModel` wraps any other ``nn.Module``.
+Calibration measures the single point; ``export`` returns a copy of the network itself."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from anycost.core import DynamicModel, DynamicOutput, OperatingPoint
+from anycost.cost import module_macs
+
+
+class StaticNet(DynamicModel):
+    family = "static"
+
+    def check_op(self, op: OperatingPoint) -> OperatingPoint:
+        if op.params:
+            raise ValueError(f"a static network has one operating point ('full') without params, got {dict(op.params)}")
+        return op
+
+    def macs_at(self, input_size: tuple[int, ...]) -> int:
+        """Per-input MACs at ``input_size`` (C, H, W), measured once per size (fully convolutional)."""
+        cache = self.__dict__.setdefault("_anycost_macs", {})
+        key = tuple(int(v) for v in input_size)
+        if key not in cache:
+            cache[key] = module_macs(self, key)
+        return cache[key]
+
+    def _infer(self, x: Tensor, op: OperatingPoint) -> DynamicOutput:
+        macs = float(self.macs_at(tuple(x.shape[1:])))
+        return DynamicOutput(self(x), torch.full((x.shape[0],), macs, dtype=torch.float64, device=x.device))
+
+    def export(self, op: OperatingPoint | str | None = None) -> nn.Module:
+        self._export_op(op)
+        return plain_copy(self)
+
+
+def plain_copy(module: nn.Module) -> nn.Module:
+    """A deep copy in eval mode without anycost's Python-side state (shipped points, caches),
+    which TorchScript cannot type."""
+    net = copy.deepcopy(module).eval()
+    for m in net.modules():
+        for k in [k for k in m.__dict__ if k.startswith("_anycost")]:
+            del m.__dict__[k]
+    return net
