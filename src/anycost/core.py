@@ -309,6 +309,10 @@ class DynamicModel(nn.Module):
                 path[rows] = o.path
         return DynamicOutput(logits, macs, path, ref.num_paths)
 
+    def is_static(self, op: OperatingPoint | str | None = None) -> bool:
+        """Whether ``export(op)`` has input-independent control flow (then it also exports to ONNX)."""
+        return False
+
     def _infer(self, x: Tensor, op: OperatingPoint) -> DynamicOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

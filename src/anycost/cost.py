@@ -64,6 +64,9 @@ class StaticModel(DynamicModel):
             raise ValueError(f"a static network has one operating point ('full') without params, got {dict(op.params)}")
         return op
 
+    def is_static(self, op=None) -> bool:
+        return True
+
     def _infer(self, x: Tensor, op: OperatingPoint) -> DynamicOutput:
         return DynamicOutput(self.model(x), torch.full((x.shape[0],), float(self.macs_per_sample),
                                                        dtype=torch.float64, device=x.device))

@@ -32,6 +32,9 @@ class StaticNet(DynamicModel):
             cache[key] = module_macs(self, key)
         return cache[key]
 
+    def is_static(self, op=None) -> bool:
+        return True
+
     def _infer(self, x: Tensor, op: OperatingPoint) -> DynamicOutput:
         macs = float(self.macs_at(tuple(x.shape[1:])))
         return DynamicOutput(self(x), torch.full((x.shape[0],), macs, dtype=torch.float64, device=x.device))
