@@ -7,7 +7,7 @@ re-estimated on 20 augmented batches, and on 20 plain ones, all measured on hold
 """
 import argparse
 
-from anycost.calibrate import bn_statistics_loader
+from anycost.models.cnmm import bn_statistics_loader
 from anycost.data import load_dataset
 from anycost.eval import evaluate_classifier
 from anycost.models.cnmm import reestimate_bn

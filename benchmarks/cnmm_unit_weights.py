@@ -10,7 +10,7 @@ between them on calib is fair (their absolute calib accuracy is not).
 """
 import argparse
 
-from anycost.calibrate import bn_statistics_loader
+from anycost.models.cnmm import bn_statistics_loader
 from anycost.data import load_dataset
 from anycost.eval import evaluate_classifier
 from anycost.models.cnmm import PruneSpec, check_path, reestimate_bn

@@ -5,8 +5,8 @@ routed as a smaller batch."""
 import torch
 import torch.nn as nn
 
-from anycost.cost import DynamicOutput, count_macs, module_macs
-from anycost.eval import OperatingPoint
+from anycost.core import DynamicModel, DynamicOutput, OperatingPoint
+from anycost.cost import count_macs, module_macs
 from anycost.routing import BatchRouter
 
 
@@ -19,7 +19,7 @@ class Head(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
-class TwoStage(nn.Module):
+class TwoStage(DynamicModel):
     def __init__(self, honest: bool = True):
         super().__init__()
         self.stage1 = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
@@ -33,14 +33,17 @@ class TwoStage(nn.Module):
         self.c2 = module_macs(self.stage2, (4, 8, 8))
         self.h2 = module_macs(self.head2, (8, 4, 4))
 
-    def operating_points(self):
+    def default_op(self):
+        return self.default_operating_points()[0]
+
+    def default_operating_points(self):
         return [OperatingPoint("all", {"continue_fraction": 1.0}), OperatingPoint("half", {"continue_fraction": 0.5}),
                 OperatingPoint("none", {"continue_fraction": 0.0})]
 
     def forward(self, x):
-        return self.infer(x, OperatingPoint("all", {"continue_fraction": 1.0})).logits
+        return self._infer(x, OperatingPoint("all", {"continue_fraction": 1.0})).logits
 
-    def infer(self, x, op):
+    def _infer(self, x, op):
         b = x.shape[0]
         if "continue_mask" in op.params:
             go_on = torch.tensor(op["continue_mask"], dtype=torch.bool)

@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = ["OperatingPoint", "Mixture", "DynamicOutput", "DynamicModel", "BudgetError", "pareto_indices",
-           "pareto_subset"]
+           "pareto_subset", "normalised", "progress_bar"]
 
 
 class BudgetError(ValueError):
@@ -172,6 +172,7 @@ class DynamicModel(nn.Module):
     and may override ``measure`` where a faster exact pass exists (cached exit outputs)."""
 
     family: str = "dynamic"
+    input_size: tuple[int, int, int] | None = None  # (C, H, W) its costs hold for; None: any size
 
     # ------------------------------------------------------------------ operating points
 
@@ -218,7 +219,10 @@ class DynamicModel(nn.Module):
 
     # ------------------------------------------------------------------ calibration
 
-    def candidate_operating_points(self, data, split: str, **kw) -> list[OperatingPoint]:
+    def candidate_operating_points(self, data, split: str, *, batch_size: int = 500,
+                                   progress: bool = False) -> list[OperatingPoint]:
+        """The points ``calibrate`` measures; families add their own search keywords (an unknown
+        keyword is a TypeError, never silently ignored)."""
         return self.default_operating_points()
 
     def calibrate(self, data, split: str = "calib", *, batch_size: int = 500, progress: bool = False,
@@ -235,9 +239,12 @@ class DynamicModel(nn.Module):
     def measure(self, ds, mean, std, ops: list[OperatingPoint], split: str | None = None, batch_size: int = 500,
                 progress: bool = False) -> list[OperatingPoint]:
         """Each point's mean MACs and top-1 accuracy over an ImageDataset, with real routing."""
-        x_all, y_all = _normalised(ds, mean, std)
+        x_all, y_all = normalised(ds, mean, std)
+        p = next(self.parameters(), None)
+        if p is not None:  # the model's device; results come back as Python numbers
+            x_all, y_all = x_all.to(p.device), y_all.to(p.device)
         out = []
-        for op in _progress(ops, progress, "measuring operating points"):
+        for op in progress_bar(ops, progress, "measuring operating points"):
             op = self.check_op(op)
             macs, correct = 0.0, 0
             for i in range(0, len(y_all), batch_size):
@@ -328,16 +335,19 @@ class DynamicModel(nn.Module):
         return self.check_op(op if op is not None else self.default_op())
 
 
-def _normalised(ds, mean, std) -> tuple[Tensor, Tensor]:
+def normalised(ds, mean, std) -> tuple[Tensor, Tensor]:
     """Whole split as float (N, C, H, W) normalised by per-channel mean/std (0..1 pixel units)."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (ds.images.float() / 255.0 - m) / s, ds.labels
 
 
-def _progress(it, on: bool, desc: str):
+def progress_bar(it, on: bool, desc: str):
     if not on:
         return it
     from tqdm.auto import tqdm  # a dependency of the package, imported only when asked for
 
     return tqdm(it, desc=desc, leave=False)
+
+
+_normalised, _progress = normalised, progress_bar  # the names the families first imported

@@ -14,12 +14,15 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
+import torch
+from torch import Tensor
+
 from anycost.core import OperatingPoint, pareto_indices
 
 __all__ = [
     "OperatingPoint", "CurvePoint", "TradeoffCurve", "Calibration",
     "pareto_front", "accuracy_at_macs", "macs_at_accuracy", "iso_accuracy_reduction", "normalised_auc",
-    "calibrate_to_budget", "calibrate_to_accuracy_drop", "bisect_knob",
+    "calibrate_to_budget", "calibrate_to_accuracy_drop", "bisect_knob", "point_from_outputs",
 ]
 
 
@@ -161,6 +164,18 @@ def normalised_auc(curve: TradeoffCurve, lo: float | None = None, hi: float | No
     area = sum((vals[i] + vals[i + 1]) / 2 * (grid[i + 1] - grid[i]) for i in range(n))
     return area / (f(hi) - f(lo))
 
+
+
+def point_from_outputs(op: OperatingPoint, logits: Tensor, labels: Tensor, macs: Tensor,
+                       path: Tensor | None = None, num_paths: int = 0) -> CurvePoint:
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    acc = 100.0 * (top[:, 0] == labels).double().mean().item()
+    top5 = 100.0 * (top == labels[:, None]).any(1).double().mean().item()
+    m = macs.double()
+    fr = None
+    if path is not None and num_paths > 0:
+        fr = (torch.bincount(path.long(), minlength=num_paths).double() / path.numel()).tolist()
+    return CurvePoint(op, acc, m.mean().item(), top5, m.median().item(), torch.quantile(m, 0.95).item(), fr, int(labels.numel()))
 
 
 # --------------------------------------------------------------------------- calibration

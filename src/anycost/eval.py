@@ -14,10 +14,10 @@ from torch import Tensor
 from anycost.core import DynamicOutput
 from anycost.cost import as_dynamic
 from anycost.curves import *  # noqa: F401,F403  (re-exported: callers import curves from here too)
-from anycost.curves import CurvePoint, OperatingPoint, TradeoffCurve, __all__ as _curves_all
+from anycost.curves import CurvePoint, OperatingPoint, TradeoffCurve, point_from_outputs, __all__ as _curves_all
 from anycost.data import BatchLoader, ImageDataset
 
-__all__ = [*_curves_all, "evaluate_classifier", "collect_outputs", "point_from_outputs", "evaluate_curve"]
+__all__ = [*_curves_all, "evaluate_classifier", "collect_outputs", "evaluate_curve"]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -76,18 +76,6 @@ def collect_outputs(model: nn.Module, ds: ImageDataset, mean, std, op: Operating
             num_paths = out.num_paths
     model.train(was)
     return Outputs(torch.cat(logits), torch.cat(labels), torch.cat(macs), torch.cat(paths) if paths else None, num_paths)
-
-
-def point_from_outputs(op: OperatingPoint, logits: Tensor, labels: Tensor, macs: Tensor,
-                       path: Tensor | None = None, num_paths: int = 0) -> CurvePoint:
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    acc = 100.0 * (top[:, 0] == labels).double().mean().item()
-    top5 = 100.0 * (top == labels[:, None]).any(1).double().mean().item()
-    m = macs.double()
-    fr = None
-    if path is not None and num_paths > 0:
-        fr = (torch.bincount(path.long(), minlength=num_paths).double() / path.numel()).tolist()
-    return CurvePoint(op, acc, m.mean().item(), top5, m.median().item(), torch.quantile(m, 0.95).item(), fr, int(labels.numel()))
 
 
 def evaluate_curve(model: nn.Module, ds: ImageDataset, mean, std, ops: list[OperatingPoint] | None = None,

@@ -26,13 +26,14 @@ FlopCounterMode.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anycost.eval import CurvePoint, OperatingPoint, TradeoffCurve, bisect_knob, point_from_outputs
+from anycost.curves import CurvePoint, OperatingPoint, TradeoffCurve, bisect_knob, point_from_outputs
 
 METRICS = ("maxprob", "entropy", "margin")
 NUM_FEATURES = 4
@@ -63,12 +64,14 @@ class ExitCache:
 
 
 def features(logits: Tensor) -> Tensor:
-    """(..., K) logits -> (..., 4): top-1 prob, top-2 prob, margin, normalised entropy."""
+    """(..., K) logits -> (..., 4): top-1 prob, top-2 prob, margin, normalised entropy.
+    TorchScript-compatible: exported early-exit networks call this very function, so their
+    decisions are bit-for-bit those of the cached policies."""
     p = logits.float().softmax(-1)
     top2 = p.topk(min(2, p.shape[-1]), dim=-1).values
     if top2.shape[-1] == 1:
         top2 = torch.cat([top2, torch.zeros_like(top2)], -1)
-    ent = -(p * p.clamp_min(1e-12).log()).sum(-1) / torch.log(torch.tensor(float(p.shape[-1])))
+    ent = -(p * p.clamp_min(1e-12).log()).sum(-1) / max(math.log(float(p.shape[-1])), 1e-12)
     return torch.stack([top2[..., 0], top2[..., 1], top2[..., 0] - top2[..., 1], ent], -1)
 
 
@@ -80,7 +83,7 @@ def confidence(logits: Tensor, metric: str) -> Tensor:
         return f[..., 2]
     if metric == "entropy":
         return 1.0 - f[..., 3]  # higher = more confident, in [0, 1]
-    raise ValueError(f"unknown confidence metric '{metric}' (choose from {', '.join(METRICS)})")
+    raise ValueError("unknown confidence metric '" + metric + "' (choose from maxprob, entropy, margin)")
 
 
 def first_true(mask: Tensor) -> Tensor:
@@ -263,19 +266,7 @@ def apply_policy(cache: ExitCache, params: dict) -> tuple[Tensor, Tensor]:
         return ex, cache.macs[ex].double()
     if kind != "learned":
         raise ValueError(f"cannot simulate policy '{kind}'")
-    feats = features(cache.logits)
-    ex = torch.full((n,), e_count - 1, dtype=torch.long)
-    decided = torch.zeros(n, dtype=torch.bool)
-    jumped = torch.zeros(n, dtype=torch.bool)
-    for d in range(e_count - 1):
-        live = ~decided
-        stop = LinearGate.from_dict(params["gates"][d]).decide(feats[d]) & live
-        ex[stop] = d
-        decided |= stop
-        if d == 0 and params.get("jump_gate"):
-            j = LinearGate.from_dict(params["jump_gate"]).decide(feats[0]) & ~decided
-            jumped |= j
-            decided |= j
+    ex, jumped = learned_routes(cache, params)
     ndec = torch.minimum(ex + 1, torch.tensor(e_count - 1))  # stop decisions taken
     if params.get("jump_gate"):
         ndec = ndec + (ex >= 1).long()  # went past network 0: the jump gate was evaluated too
@@ -283,6 +274,25 @@ def apply_policy(cache: ExitCache, params: dict) -> tuple[Tensor, Tensor]:
     base = torch.where(jumped, cache.jump_macs[-1].double() if cache.jump_macs is not None else cache.macs[-1].double(),
                        cache.macs[ex].double())
     return ex, base + NUM_FEATURES * ndec.double()
+
+
+def learned_routes(cache: ExitCache, params: dict) -> tuple[Tensor, Tensor]:
+    """Where a learned policy sends each cached input: (exit index (N,), jumped (N,) bool);
+    a jumped input stops at the last exit after skipping networks 1..E-2."""
+    e_count, n = cache.num_exits, cache.labels.shape[0]
+    feats = features(cache.logits)  # (E, N, F)
+    ex = torch.full((n,), e_count - 1, dtype=torch.long)
+    decided = torch.zeros(n, dtype=torch.bool)
+    jumped = torch.zeros(n, dtype=torch.bool)
+    for d in range(e_count - 1):
+        stop = LinearGate.from_dict(params["gates"][d]).decide(feats[d]) & ~decided
+        ex[stop] = d
+        decided |= stop
+        if d == 0 and params.get("jump_gate"):
+            j = LinearGate.from_dict(params["jump_gate"]).decide(feats[0]) & ~decided
+            jumped |= j
+            decided |= j
+    return ex, jumped
 
 
 def learned_point(cache: ExitCache, params: dict, name: str | None = None) -> CurvePoint:

@@ -181,7 +181,7 @@ def init_weights(model: nn.Module, spec: str) -> None:
     trained model of its own class its own way (an LC-Net from a trained L-Net)."""
     from anycost.zoo import resolve_model
 
-    src, _ = resolve_model(spec)
+    src = resolve_model(spec)
     if type(src) is type(model) and hasattr(model, "init_from_trained"):
         model.init_from_trained(src)  # the family decides what carries over (L-Net -> LC-Net)
         return
@@ -195,7 +195,8 @@ def load_teacher(spec: str, device: torch.device, data, channels_last: bool) -> 
     with the same normalisation."""
     from anycost.zoo import resolve_model
 
-    teacher, meta = resolve_model(spec)
+    teacher = resolve_model(spec)
+    meta = teacher.pretrained_cfg
     n = meta.get("num_classes")
     if n is not None and n != data.num_classes:
         raise ValueError(f"teacher '{spec}' predicts {n} classes, the data has {data.num_classes}")

@@ -13,9 +13,11 @@ Our design where the paper's abstract is silent:
   for about one residual block's MACs (why: on a frozen ResNet-56, a light head after
   block 2 is right on 55 % of inputs, which leaves nothing to exit early);
 * ``infer(x, op)`` really exits: after each exit the policy decides, the inputs that stop
-  leave the batch (``BatchRouter``), and only the rest run on. Per-input MACs are the
-  blocks and heads an input went through plus its policy decisions, each unit's cost
-  measured once from the live module with FlopCounterMode;
+  leave the batch, and only the rest run on (:class:`~anycost.models.exits.ExitRuntime`,
+  the same network ``export(op)`` returns). Per-input MACs are the blocks and heads an
+  input went through plus its policy decisions, each unit's cost measured once from the
+  live module with FlopCounterMode. A ``fixed`` exit is the backbone cut there, without
+  the earlier exits' heads;
 * training: ``mode="joint"`` (weighted sum of the exits' cross-entropies, later exits weigh
   more, the last weighs 1 as in a static network;
   optionally ``distill=alpha``: each intermediate exit also matches the last exit's
@@ -31,12 +33,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from anycost.cost import DynamicOutput, module_macs
-from anycost.eval import OperatingPoint
+from anycost.core import DynamicOutput, OperatingPoint
+from anycost.cost import module_macs
 from anycost.losses import distillation_loss
-from anycost.policies import ExitCache, decide
+from anycost.policies import decide
 from anycost.routing import BatchRouter
 
+from .exits import ExitPolicyModel, ExitRuntime, ExitStage, policy_kwargs
 from .registry import register_model
 from .resnet_cifar import CifarResNet
 
@@ -93,17 +96,21 @@ def _exit_positions(spec: str, blocks_per_stage: int, n_stages: int) -> list[int
     return sorted(p for p in pos if p < total - 1)
 
 
-class _MultiExitBase(nn.Module):
-    """What multi-exit models share: training modes, default operating points, caching."""
+class PoolHead(nn.Module):
+    """The backbone's own last exit: global average pooling, then its linear layer."""
 
-    def _start(self, x: Tensor, op: OperatingPoint | None):
-        """Default operating point (the last exit), a router and the per-row output buffers."""
-        op = op or OperatingPoint("full", {"policy": "fixed", "exit": self.num_exits - 1})
-        n = x.shape[0]
-        logits = torch.empty(n, self.num_classes, device=x.device)
-        macs = torch.zeros(n, dtype=torch.float64, device=x.device)
-        path = torch.full((n,), self.num_exits - 1, dtype=torch.long, device=x.device)
-        return op, BatchRouter(n, x.device), logits, macs, path
+    def __init__(self, fc: nn.Linear):
+        super().__init__()
+        self.fc = fc
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+
+class _MultiExitBase(ExitPolicyModel):
+    """What multi-exit models share: training modes and the early-exit contract."""
+
+    family = "early_exit"
 
     def _weighted_loss(self, outs: list[Tensor], y: Tensor, criterion) -> Tensor:
         losses = [criterion(o, y) for o in outs]
@@ -133,21 +140,6 @@ class _MultiExitBase(nn.Module):
             self.backbone.eval()  # frozen backbone: BN statistics stay as trained
         return self
 
-    def operating_points(self) -> list[OperatingPoint]:
-        return [OperatingPoint(f"exit{e}", {"policy": "fixed", "exit": e}) for e in range(self.num_exits)]
-
-    @torch.no_grad()
-    def cache_outputs(self, loader, split: str | None = None) -> ExitCache:
-        """Every exit's logits over a loader (no augmentation), for the policies."""
-        was = self.training
-        self.eval()
-        outs, labels = [], []
-        for x, y in loader:
-            outs.append(torch.stack([o.float() for o in self.forward_all(x)]).cpu())
-            labels.append(y.cpu())
-        self.train(was)
-        return ExitCache(torch.cat(outs, 1), torch.cat(labels), torch.tensor(self.exit_macs, dtype=torch.float64), split=split)
-
 
 class MultiExitResNet(_MultiExitBase):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths=(16, 32, 64),
@@ -164,6 +156,7 @@ class MultiExitResNet(_MultiExitBase):
         self.blocks_list = blocks
         self.exit_after = _exit_positions(exits, len(blocks) // len(widths), len(widths))
         self.num_classes, self.in_chans, self.input_hw = num_classes, in_chans, input_hw
+        self.input_size = (in_chans, input_hw, input_hw)
         # shapes along the backbone, to build heads and measure unit costs
         shapes, c, h = [], widths[0], input_hw
         for b in blocks:
@@ -250,36 +243,34 @@ class MultiExitResNet(_MultiExitBase):
         taps.append(h)
         return taps
 
-    # ----------------------------------------------------------------- inference
+    # ----------------------------------------------------------------- contract
 
-    @torch.no_grad()
-    def infer(self, x: Tensor, op: OperatingPoint | None = None) -> DynamicOutput:
-        op, router, logits, macs, path = self._start(x, op)
-        spent = float(self.stem_macs)
-        h = self.backbone.stem(x)
-        hi = 0
-        for i, b in enumerate(self.blocks_list):
-            h = b(h)
-            spent += self.block_macs[i]
-            if i not in self.exit_after:
-                continue
-            z = self.heads[hi](h)
-            spent += self.head_macs[hi]
-            stop, dec_macs = decide(z, hi, op)
-            spent += dec_macs
-            rows, pos = router.leave(stop)
-            logits[rows] = z[pos].float()
-            macs[rows] = spent
-            path[rows] = hi
-            (h,) = router.keep(stop, h)
-            hi += 1
-            if router.active == 0:
-                return DynamicOutput(logits, macs, path, self.num_exits)
-        z = self.backbone.forward_head(h)
-        logits[router.rows] = z.float()
-        macs[router.rows] = spent + self.final_head_macs
-        return DynamicOutput(logits, macs, path, self.num_exits)
+    def exit_costs(self) -> Tensor:
+        return torch.tensor(self.exit_macs, dtype=torch.float64)
 
+    def jump_costs(self) -> None:
+        return None
+
+    def fixed_macs(self, e: int) -> int:
+        if e == self.num_exits - 1:
+            return self.stem_macs + sum(self.block_macs) + self.final_head_macs
+        return self.stem_macs + sum(self.block_macs[: self.exit_after[e] + 1]) + self.head_macs[e]
+
+    def exit_logits(self, x: Tensor) -> Tensor:  # (E, B, K)
+        return torch.stack([o.float() for o in self.forward_all(x)])
+
+    def runtime(self, op: OperatingPoint) -> ExitRuntime:
+        """The backbone cut into stages at the exits (shared modules, not copies)."""
+        stem, final = self.backbone.stem, PoolHead(self.backbone.fc)
+        if op["policy"] == "fixed":  # exit e alone: blocks up to it and its head, no earlier heads
+            e = int(op["exit"])
+            cut = len(self.blocks_list) if e == self.num_exits - 1 else self.exit_after[e] + 1
+            head = final if e == self.num_exits - 1 else self.heads[e]
+            return ExitRuntime(stem, [], nn.Sequential(*self.blocks_list[:cut], head), self.num_classes, exit_index=e)
+        bounds = [0] + [p + 1 for p in self.exit_after]
+        stages = [ExitStage(nn.Sequential(*self.blocks_list[a:b]), h) for a, b, h in zip(bounds, bounds[1:], self.heads)]
+        tail = nn.Sequential(*self.blocks_list[bounds[-1]:], final)
+        return ExitRuntime(stem, stages, tail, self.num_classes, **policy_kwargs(op))
 
 
 class _AllExited(Exception):
@@ -373,37 +364,95 @@ class ExitWrapper(_MultiExitBase):
         outs = [h(f) for h, f in zip(self.heads, feats)] + [out]
         return self._weighted_loss(outs, y, criterion), out
 
-    @torch.no_grad()
-    def infer(self, x: Tensor, op: OperatingPoint | None = None) -> DynamicOutput:
-        op, router, logits, macs, path = self._start(x, op)
-        extra = [0.0]  # heads + decisions paid so far by the rows still running
+    # ----------------------------------------------------------------- contract
 
-        def make_hook(k):
+    def exit_costs(self) -> Tensor:
+        return torch.tensor(self.exit_macs, dtype=torch.float64)
+
+    def jump_costs(self) -> None:
+        return None
+
+    def fixed_macs(self, e: int) -> int:
+        return self.full_macs if e == self.num_exits - 1 else self.prefix[e] + self.head_macs[e]
+
+    def exit_logits(self, x: Tensor) -> Tensor:  # (E, B, K)
+        return torch.stack([o.float() for o in self.forward_all(x)])
+
+    def runtime(self, op: OperatingPoint) -> ExitRuntime:
+        """The backbone split at the exit layers by torch.fx (shared modules, not copies):
+        hooks cannot be scripted, a chain of traced segments can. ``infer`` keeps its hooks,
+        which need no tracing; both run the same operations."""
+        segs, last = self.segments(), self.num_exits - 1
+        if op["policy"] == "fixed":
+            e = int(op["exit"])
+            body = segs if e == last else segs[: e + 1] + [self.heads[e]]
+            return ExitRuntime(nn.Identity(), [], nn.Sequential(*body), self.num_classes, exit_index=e)
+        stages = [ExitStage(segs[k], self.heads[k]) for k in range(last)]
+        return ExitRuntime(nn.Identity(), stages, segs[last], self.num_classes, **policy_kwargs(op))
+
+    def segments(self) -> list[nn.Module]:
+        """The backbone as E traced segments: input -> exit layer 0 -> ... -> exit layer E-2 -> output."""
+        import torch.fx
+        from torch.fx.passes.split_module import split_module
+
+        layers = set(self.exit_layers)
+
+        class _Tracer(torch.fx.Tracer):  # exit layers stay whole: the cuts fall on their outputs
+            def is_leaf_module(self, m, qualname):
+                return qualname in layers or super().is_leaf_module(m, qualname)
+
+        why = "ExitWrapper cannot export this backbone"
+        try:
+            gm = torch.fx.GraphModule(self.backbone, _Tracer().trace(self.backbone))
+        except Exception as e:  # data-dependent control flow and the like
+            raise NotImplementedError(f"{why}: torch.fx cannot trace it ({type(e).__name__}: {e}); use infer") from None
+        part, cur = {}, 0
+        for n in gm.graph.nodes:
+            part[n.name] = cur
+            cur += n.op == "call_module" and n.target in layers
+        if cur != len(self.exit_layers):
+            raise NotImplementedError(f"{why}: each exit layer must run exactly once in its forward")
+        split = split_module(gm, self.backbone, lambda n: part[n.name])
+        segs = [getattr(split, f"submod_{k}") for k in range(self.num_exits)]
+        for k, seg in enumerate(segs):
+            ins = [n for n in seg.graph.nodes if n.op == "placeholder"]
+            if len(ins) != 1:  # e.g. a skip connection across an exit layer
+                raise NotImplementedError(f"{why}: {len(ins)} tensors cross the cut before segment {k}, not one")
+        return segs
+
+    def _infer(self, x: Tensor, op: OperatingPoint) -> DynamicOutput:
+        """Hooks on the exit layers evaluate the exits and return only the rows that go on, so
+        the backbone's unmodified forward continues on a smaller batch; a fixed exit e hooks
+        layer e alone (no earlier heads) and stops everyone there."""
+        n, last = x.shape[0], self.num_exits - 1
+        router = BatchRouter(n, x.device)
+        logits = torch.zeros(n, self.num_classes, device=x.device)
+        code = torch.full((n,), last, dtype=torch.long, device=x.device)
+        fixed = int(op["exit"]) if op["policy"] == "fixed" else None
+
+        def make_hook(k: int):
             def hook(module, inputs, out):
                 z = self.heads[k](out).float()
-                extra[0] += self.head_macs[k]
-                stop, dec = decide(z, k, op)
-                extra[0] += dec
+                stop, _ = decide(z, k, op)
                 rows, pos = router.leave(stop)
-                logits[rows], macs[rows], path[rows] = z[pos], self.prefix[k] + extra[0], k
+                logits[rows], code[rows] = z[pos], k
                 (out,) = router.keep(stop, out)
                 if router.active == 0:
-                    raise _AllExited
+                    raise _AllExited  # nobody is left: the rest of the backbone never runs
                 return out  # the backbone goes on with the remaining rows only
             return hook
 
         mods = dict(self.backbone.named_modules())
-        hooks = [mods[n].register_forward_hook(make_hook(k)) for k, n in enumerate(self.exit_layers)]
+        hooked = [k for k in range(last) if fixed in (None, k)]
+        hooks = [mods[self.exit_layers[k]].register_forward_hook(make_hook(k)) for k in hooked]
         try:
-            out = self.backbone(x)
-            logits[router.rows] = out.float()
-            macs[router.rows] = self.full_macs + extra[0]
+            logits[router.rows] = self.backbone(x).float()
         except _AllExited:
             pass
         finally:
             for h in hooks:
                 h.remove()
-        return DynamicOutput(logits, macs, path, self.num_exits)
+        return DynamicOutput(logits, self.route_costs(op).to(x.device)[code], code, self.num_exits)
 
 
 def _ee(depth, **kw):

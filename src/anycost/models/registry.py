@@ -37,13 +37,12 @@ def model_family(name: str) -> str:
 
 
 def create_model(name: str, pretrained: str | bool | None = None, **kwargs) -> nn.Module:
-    """Build a registered model. ``pretrained="cifar10"`` loads ``<name>.cifar10`` from the zoo
-    (kwargs that conflict with the checkpoint's are an error)."""
+    """Build a registered model, untrained. Weights come from the zoo layer, which imports this
+    registry (never the reverse): ``anycost.create_model(name, pretrained=TAG)`` or
+    ``anycost.load("name.TAG")``."""
     if pretrained:
-        from anycost.zoo import load_pretrained
-
-        tag = "cifar10" if pretrained is True else pretrained
-        return load_pretrained(f"{name}.{tag}", **kwargs)
+        raise ValueError(f"anycost.models.create_model builds untrained models; for weights use "
+                         f"anycost.create_model({name!r}, pretrained={pretrained!r}) or anycost.load('{name}.TAG')")
     if name not in _REGISTRY:
         close = fnmatch.filter(_REGISTRY, f"*{name}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""

@@ -1,0 +1,56 @@
+"""The ``anycost`` command: one module per command, each only parsing its arguments and
+calling the Python API. A user mistake prints one line on stderr and exits 2 (no
+traceback); ``--traceback`` shows the full one for bug reports."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ._common import EPILOG, UserError
+
+__all__ = ["main", "build_parser", "UserError", "COMMANDS"]
+
+# in the order `anycost --help` lists them
+COMMANDS = ["demo", "models", "zoo", "train", "publish", "calibrate", "eval", "bench", "export", "plot", "report",
+            "reproduce"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from anycost import __version__
+
+    p = argparse.ArgumentParser(
+        prog="anycost", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Networks whose inference cost is chosen at run time: train, calibrate, evaluate, "
+                    "benchmark, export and plot accuracy against MACs.")
+    p.add_argument("--version", action="version", version=f"anycost {__version__}")
+    p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors (for bug reports)")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"anycost.cli.{name}").add(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not getattr(a, "func", None):
+        parser.print_help()
+        return 0
+    from anycost.checkpoint import CheckpointError
+    from anycost.data import DataError
+    from anycost.records import RecordError
+
+    try:
+        return a.func(a) or 0
+    except KeyboardInterrupt:
+        print("anycost: interrupted (completed epochs are saved; continue with --resume)", file=sys.stderr)
+        return 130
+    except (UserError, DataError, CheckpointError, RecordError, ValueError, KeyError,
+            FileNotFoundError) as e:
+        if a.traceback:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"anycost: error: {msg}", file=sys.stderr)
+        return 2

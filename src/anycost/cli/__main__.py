@@ -1,0 +1,5 @@
+import sys
+
+from anycost.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""anycost bench: wall-clock latency (batch 1) and throughput per operating point."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ._common import EPILOG, eval_split, load_model, model_label, set_threads
+from .eval import SPLITS
+
+HELP = "wall-clock latency (batch 1) and throughput per operating point"
+
+
+def add(sub) -> None:
+    b = sub.add_parser("bench", help=HELP, epilog=EPILOG,
+                       description="Times every operating point with warm-up, inference_mode and a fixed thread "
+                                   "count; reports the realised speed-up against the full-cost setting next to "
+                                   "the MAC reduction. Give --data-dir so dynamic models route on real images.")
+    b.add_argument("model", help="zoo name, checkpoint .pt or run folder")
+    b.add_argument("--data-dir")
+    b.add_argument("--split", default="val", choices=SPLITS, help="which images to time on (with --data-dir)")
+    b.add_argument("--batch-size", type=int, default=256, help="batch for throughput (default 256)")
+    b.add_argument("--latency-runs", type=int, default=100, help="timed batch-1 calls per point")
+    b.add_argument("--batches", type=int, default=5, help="timed full batches per point and round")
+    b.add_argument("--rounds", type=int, default=3, help="batched timing rounds over all points (median counts)")
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    b.add_argument("--record", help="where to write the record (default runs/bench/NAME.json)")
+    b.set_defaults(func=run)
+
+
+def run(a) -> int:
+    import torch
+
+    from anycost.bench import BenchConfig, bench_model
+    from anycost.data import BatchLoader
+    from anycost.records import make_record, write_json_atomic
+    from anycost.report import bench_table
+
+    set_threads(a.threads)
+    model, cfg = load_model(a.model, a.device)
+    n = max(a.batch_size, a.latency_runs)
+    ops = model.operating_points()
+    if a.data_dir or cfg.get("dataset") == "digits":
+        ds, _ = eval_split(cfg, None, a.data_dir, a.split)
+        x, _ = next(iter(BatchLoader(ds, min(n, len(ds)), cfg["mean"], cfg["std"], device=a.device)))
+        inputs = f"{a.split} split"
+    else:
+        if len(ops) > 1:
+            print("anycost: warning: no --data-dir: routing on random inputs does not show real per-input costs",
+                  file=sys.stderr)
+        x = torch.randn(n, *cfg["input_size"], generator=torch.Generator().manual_seed(0)).to(a.device)
+        inputs = "random normal"
+    bcfg = BenchConfig(batch_size=a.batch_size, latency_runs=a.latency_runs, throughput_batches=a.batches,
+                       warmup=a.warmup, threads=a.threads, rounds=a.rounds)
+    res = bench_model(model, x, ops, bcfg)
+    res["inputs"] = inputs
+    name = model_label(a.model)
+    rec = make_record("bench", {"model": a.model, **bcfg.__dict__, "inputs": inputs}, {"bench": res, "method": name},
+                      device=a.device, checkpoint={"path": cfg.get("source"), "sha256": cfg.get("sha256")})
+    rec_path = a.record or f"runs/bench/{name}.json"
+    write_json_atomic(rec_path, rec)
+    if a.json:
+        print(json.dumps(dict(res, model=name, record=rec_path, hardware=rec["hardware"]), indent=1))
+    else:
+        print(bench_table(name, res))
+        print(f"\ninputs: {inputs}; hardware: {rec['hardware']['cpu']}, torch {rec['hardware']['torch']}\nrecord: {rec_path}")
+    return 0

@@ -1,0 +1,87 @@
+"""anycost calibrate: choose a model's operating points on one split, measure them on another."""
+
+from __future__ import annotations
+
+from ._common import EPILOG, UserError, load_data, load_model, model_label, parse_set
+
+HELP = "choose operating points on one split, measure them on another"
+
+
+def add(sub) -> None:
+    c = sub.add_parser("calibrate", help=HELP, epilog=EPILOG,
+                       description="Run the model family's own search for operating points (thresholds and learned "
+                                   "policies for exits and cascades, pruned networks for a CNMM, gate thresholds for "
+                                   "an LC-Net) on --calib-split, keep the accuracy-vs-MACs frontier, and measure it "
+                                   "with real routing on --split. --budget also reports the point (or the mixture of "
+                                   "two) that at_budget picks. --save stores the calibrated model as a zoo entry.")
+    c.add_argument("model", nargs="?", help="zoo name, checkpoint .pt or run folder")
+    c.add_argument("--cascade", nargs="+", metavar="MODEL", help="network selection over these classifiers, cheapest first")
+    c.add_argument("--data-dir")
+    c.add_argument("--dataset", help="override the dataset recorded with the model")
+    c.add_argument("--calib-split", default="calib", help="where the points are chosen (default: calib, the first half of val)")
+    c.add_argument("--split", default="holdout", help="where they are measured (default: holdout, the second half of val)")
+    c.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a keyword of the family's search, repeatable (e.g. metrics='[\"maxprob\"]' for exits, "
+                        "mechanisms='[\"edges\"]' for a CNMM); see the family's candidate_operating_points")
+    c.add_argument("--budget", type=float, help="also report what at_budget picks for this mean-MAC budget")
+    c.add_argument("--save", metavar="ARCH.TAG", help="store the calibrated model under this name in --zoo-dir")
+    c.add_argument("--zoo-dir", help="zoo folder for --save")
+    c.add_argument("--batch-size", type=int, default=500)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--record", help="record path (default runs/calibrate/NAME.json)")
+    c.set_defaults(func=run)
+
+
+def run(a) -> int:
+    import torch
+
+    from anycost.eval import evaluate_curve
+    from anycost.records import make_record, write_json_atomic
+    from anycost.report import curves_table
+
+    if a.calib_split == a.split:
+        raise UserError("--calib-split and --split must differ: choosing and measuring on the same images is optimistic")
+    if a.save and not a.zoo_dir:
+        raise UserError("--save needs --zoo-dir (the package's own zoo is never written)")
+    if a.cascade:
+        from anycost.zoo import build_cascade
+
+        model = build_cascade(a.cascade).to(a.device).eval()
+        cfg = dict(model.pretrained_cfg)
+        name = "cascade(" + ",".join(model_label(m) for m in a.cascade) + ")"
+    elif a.model:
+        model, cfg = load_model(a.model, a.device)
+        name = model_label(a.model)
+    else:
+        raise UserError("give a MODEL or --cascade M1 M2 ...")
+    data, dataset = load_data(cfg, a.dataset, a.data_dir)
+    options = parse_set(a.option, "--option")
+    try:
+        ops = model.calibrate(data, a.calib_split, batch_size=a.batch_size, progress=True, **options)
+    except TypeError as e:  # an --option the family's search does not take
+        raise UserError(f"--option: {e}") from None
+    with torch.inference_mode():
+        curve = evaluate_curve(model, data.get(a.split), data.mean, data.std, ops, method=name,
+                               calibrated_on=a.calib_split, measured_on=a.split, batch_size=a.batch_size, device=a.device)
+    curve.family = model.family
+    budget = None
+    if a.budget is not None:
+        choice = model.at_budget(a.budget)
+        budget = {"target_macs": a.budget, "choice": choice.name, "expected_macs": choice.macs,
+                  "expected_accuracy": choice.accuracy, "chosen_on": a.calib_split}
+        print(f"budget {a.budget / 1e6:.3f} M MACs: {choice.name}, {choice.accuracy:.2f}% at "
+              f"{choice.macs / 1e6:.3f} M MACs on {a.calib_split}")
+    rec = make_record("calibrate", {"model": a.model, "cascade": a.cascade, "dataset": dataset, "calib_split": a.calib_split,
+                                    "split": a.split, "options": options, "budget": a.budget},
+                      {"curves": [curve.to_dict()], "operating_points": [o.to_dict() for o in ops], "budget": budget},
+                      device=a.device)
+    rec_path = a.record or f"runs/calibrate/{name}.json"
+    write_json_atomic(rec_path, rec)
+    if a.save:
+        from anycost.zoo import save_model
+
+        out = save_model(model, a.save, a.zoo_dir)
+        print(f"saved {len(ops)} operating points with the model: {out}")
+    print(curves_table([curve]))
+    print(f"\nchosen on: {a.calib_split}; measured on: {a.split}; record: {rec_path}")
+    return 0

@@ -1,0 +1,81 @@
+"""anycost eval: accuracy and per-input MACs at every shipped operating point, on a split."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ._common import EPILOG, UserError, check_input_size, eval_split, load_model, model_label, set_threads
+
+HELP = "measure accuracy and per-input MACs at every operating point"
+SPLITS = ["val", "calib", "holdout", "test", "train"]
+
+
+def add(sub) -> None:
+    e = sub.add_parser("eval", help=HELP, epilog=EPILOG,
+                       description="Evaluate a zoo model (e.g. resnet20.cifar10), a checkpoint or a run folder with "
+                                   "real routing: one point for a static model, one per shipped operating point for "
+                                   "a dynamic one. Writes a JSON record.")
+    e.add_argument("model", help="zoo name, checkpoint .pt or run folder")
+    e.add_argument("--data-dir", help="dataset folder (CIFAR: the batches folder or its parent)")
+    e.add_argument("--dataset", help="override the dataset the model was trained on")
+    e.add_argument("--download", action="store_true", help="download CIFAR into --data-dir first (needs internet; never implicit)")
+    e.add_argument("--split", choices=SPLITS, default="val",
+                   help="val: carved from the training files as in training (calib/holdout: its first/second half); "
+                        "test: needs only test_batch + batches.meta")
+    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    e.add_argument("--json", action="store_true", help="print one JSON object (model, split, points, ...)")
+    e.add_argument("--record", help="where to write the record (default runs/eval/NAME-SPLIT.json)")
+    e.add_argument("--no-record", action="store_true", help="do not write a record")
+    e.set_defaults(func=run)
+
+
+def run(a) -> int:
+    import torch
+
+    from anycost.eval import evaluate_curve
+    from anycost.records import make_record, write_json_atomic
+    from anycost.report import curves_table
+
+    set_threads(a.threads)
+    model, cfg = load_model(a.model, a.device)
+    if a.download:
+        from anycost.data import download_cifar
+
+        if not a.data_dir:
+            raise UserError("--download needs --data-dir (where to put the files)")
+        a.data_dir = str(download_cifar(a.data_dir, a.dataset or cfg.get("dataset") or "cifar10"))
+    ds, dataset = eval_split(cfg, a.dataset, a.data_dir, a.split)
+    check_input_size(ds, cfg, a.split)
+    ops = model.operating_points()
+    calibrated_on = ops[0].split if ops[0].calibrated else None
+    name = model_label(a.model)
+    with torch.inference_mode():
+        curve = evaluate_curve(model, ds, cfg["mean"], cfg["std"], ops, method=name, calibrated_on=calibrated_on,
+                               measured_on=a.split, batch_size=a.batch_size, device=a.device,
+                               progress=sys.stderr.isatty())
+    curve.family = model.family
+    if calibrated_on and calibrated_on == a.split and len(ops) > 1:
+        print(f"anycost: warning: operating points were chosen on '{calibrated_on}' and are measured on it too; "
+              "these numbers are optimistic", file=sys.stderr)
+    rec = make_record("eval", {"model": a.model, "dataset": dataset, "data_dir": a.data_dir, "split": a.split,
+                               "batch_size": a.batch_size}, {"curve": curve.to_dict()}, device=a.device,
+                      checkpoint={"path": cfg.get("source"), "sha256": cfg.get("sha256")})
+    rec_path = a.record or f"runs/eval/{name}-{a.split}.json"
+    if not a.no_record:
+        write_json_atomic(rec_path, rec)
+    if a.json:
+        pts = [{"accuracy": p.accuracy, "top5": p.top5, "macs_mean": p.macs_mean, "macs_median": p.macs_median,
+                "macs_p95": p.macs_p95, "path_fractions": p.path_fractions, "operating_point": p.operating_point.to_dict()}
+               for p in curve.points]
+        print(json.dumps({"model": name, "family": model.family, "split": a.split, "dataset": dataset,
+                          "n": curve.points[0].n, "calibrated_on": calibrated_on, "measured_on": a.split,
+                          "checkpoint_sha256": cfg.get("sha256"), "points": pts,
+                          "record": None if a.no_record else rec_path}, indent=1))
+    else:
+        print(curves_table([curve]))
+        if not a.no_record:
+            print(f"\nrecord: {rec_path}")
+    return 0

@@ -1,0 +1,36 @@
+"""anycost plot: accuracy against MACs from records (never runs a model)."""
+
+from __future__ import annotations
+
+from ._common import EPILOG, UserError, label_globs
+
+HELP = "plot accuracy vs MACs from records (never runs a model)"
+
+
+def add(sub) -> None:
+    pl = sub.add_parser("plot", help=HELP, epilog=EPILOG,
+                        description="Draw top-1 accuracy against mean MACs per image (log axis) for every curve "
+                                    "in the given records; static networks appear as markers joined per family.")
+    pl.add_argument("records", nargs="+", help="eval/demo/reproduce record files")
+    pl.add_argument("-o", "--output", required=True, help="image file, e.g. curves.png")
+    pl.add_argument("--title", help="plot title (default: names the measured split)")
+    pl.add_argument("--static-group", action="append", default=[], metavar="LABEL=METHOD_GLOB",
+                    help="draw the static networks matching the glob as their own marker series named LABEL, "
+                         "e.g. 'distilled=*_kd' (repeatable)")
+    pl.add_argument("--exclude", action="append", metavar="PATTERN",
+                    help="leave out curves whose name matches this shell pattern, e.g. '*entropy*' (repeatable)")
+    pl.set_defaults(func=run)
+
+
+def run(a) -> int:
+    from anycost.plot import drop_curves, group_static, load_curves, plot_curves
+
+    groups = label_globs(a.static_group, "--static-group", "distilled=*_kd")
+    curves = drop_curves(load_curves(a.records), a.exclude or [])
+    try:
+        curves = group_static(curves, groups)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = plot_curves(curves, a.output, a.title)
+    print(f"wrote {out}")
+    return 0
