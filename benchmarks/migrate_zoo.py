@@ -319,7 +319,9 @@ def measured(w) -> bool:
     return bool(w.provenance.get("measured_on")) and all(o.get("split") == "calib" for o in w.operating_points)
 
 
-def measure(names: list[str], data_dir: str, recalibrate: bool = False, batch_size: int = 500) -> None:
+def measure(names: list[str], data_dir: str, recalibrate: bool = False, batch_size: int = 500,
+            bn_only: bool = False, search: dict | None = None, mechanisms: list | None = None,
+            force: bool = False) -> None:
     from anycost.core import DynamicModel, pareto_subset
     from anycost.data import load_dataset
     from anycost.records import git_commit
@@ -328,7 +330,7 @@ def measure(names: list[str], data_dir: str, recalibrate: bool = False, batch_si
     datasets = {}
     for name in names:
         w = get_weights(name)
-        if measured(w):
+        if measured(w) and not force:
             print(f"skip {name}: measured on calib")
             continue
         key = (w.dataset, (w.split or {}).get("val_size"), (w.split or {}).get("split_seed") or 0)
@@ -344,9 +346,13 @@ def measure(names: list[str], data_dir: str, recalibrate: bool = False, batch_si
         if not isinstance(model, DynamicModel):
             raise SystemExit(f"{name}: {type(model).__name__} is not a DynamicModel yet; cannot measure")
         if fresh:
-            pts = model.calibrate(data, "calib", batch_size=batch_size)
+            pts = model.calibrate(data, "calib", batch_size=batch_size, **(search or {}))
         else:
             cands = model.operating_points()
+            if bn_only:  # CNMM: only the points with re-estimated BN statistics, and the unpruned network
+                cands = [o for o in cands if o.get("bn") or o.get("budget_fraction") == 1.0]
+            if mechanisms:  # CNMM: only these pruning mechanisms (where the entry has any of them)
+                cands = [o for o in cands if o.get("mechanism") in mechanisms] or cands
             got = model.measure(data.get("calib"), data.mean, data.std, cands, split="calib", batch_size=batch_size)
             pts = pareto_subset(got)
             model.set_operating_points(pts)
@@ -361,6 +367,13 @@ def main(argv=None) -> int:
     ap.add_argument("--check", metavar="DATA_DIR", nargs="?", const="", help="only compare old vs new logits")
     ap.add_argument("--measure", metavar="DATA_DIR", help="measure/calibrate converted entries on 'calib'")
     ap.add_argument("--recalibrate", action="store_true", help="with --measure: calibrate() instead of measuring the converted points")
+    ap.add_argument("--bn-only", action="store_true", help="with --measure: of a CNMM's converted points, measure "
+                    "only those with re-estimated BN statistics and the unpruned ones (half the time)")
+    ap.add_argument("--mechanisms", help="with --measure: a CNMM's converted points of these mechanisms only, "
+                    "comma-separated (e.g. greedy-unit,greedy,edges)")
+    ap.add_argument("--force", action="store_true", help="with --measure: measure entries already measured again")
+    ap.add_argument("--search", action="append", metavar="KEY=VALUE", default=[],
+                    help="with --recalibrate: a keyword of the family's candidate search (value as JSON), repeatable")
     ap.add_argument("--weights-dir", default=str(ROOT / "zoo"))
     ap.add_argument("--meta-dir", default=str(ROOT / "src" / "anycost" / "zoo"))
     a = ap.parse_args(argv)
@@ -375,7 +388,8 @@ def main(argv=None) -> int:
     if a.measure:
         from anycost.zoo import get_weights
         # members before the cascades built from them
-        measure(sorted((RENAMES[o] for o in olds), key=lambda n: get_weights(n).is_cascade), a.measure, a.recalibrate)
+        measure(sorted((RENAMES[o] for o in olds), key=lambda n: get_weights(n).is_cascade), a.measure, a.recalibrate,
+                bn_only=a.bn_only, force=a.force, mechanisms=a.mechanisms.split(",") if a.mechanisms else None, search={k: json.loads(v) for k, v in (x.split("=", 1) for x in a.search)})
         return 0
     if a.check is None:
         convert(olds, Path(a.weights_dir), Path(a.meta_dir))

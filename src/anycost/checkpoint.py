@@ -16,6 +16,14 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def publishable(tmp: str | os.PathLike) -> None:
+    """Give a temp file the mode a plain ``open`` would (mkstemp makes it owner-only), before
+    it is renamed into place: zoo files and records are read by other users and installs."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+
+
 def save_atomic(obj, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +31,7 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from anycost.checkpoint import publishable
+
 RECORD_FORMAT = "anycost-record-v1"
 
 
@@ -25,6 +27,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

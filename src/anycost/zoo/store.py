@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-import hashlib
 import json
 import os
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any, Mapping
 
 import torch
 
-from anycost.checkpoint import CheckpointError
+from anycost.checkpoint import CheckpointError, file_sha256, publishable
 
 FORMAT = "anycost-zoo-v2"  # entry records and index.json
 WEIGHTS_FORMAT = "anycost-weights-v1"  # safetensors metadata "format"
@@ -307,14 +306,6 @@ def default_name(arch: str, zoo_dir: str | os.PathLike | None = None) -> str:
 # ---------------------------------------------------------------------------- files
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_file(path: Path, w: Weights, what: str | None = None) -> Path:
     """Raise :class:`IntegrityError` unless ``path`` has the record's size and sha256."""
     what = what or str(path)
@@ -368,6 +359,7 @@ def fetch(w: Weights, url: str, progress: bool = False) -> Path:
             raise ZooError(f"could not download '{w.name}' from {url} ({type(e).__name__}: {e}); put {w.file} in "
                            f"$ANYCOST_ZOO or {dest.parent}, or set $ANYCOST_ZOO_URL to a mirror") from None
         verify_file(tmp, w, what=f"download of {url}")
+        publishable(tmp)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -407,6 +399,7 @@ def save_weights(path: str | os.PathLike, state: Mapping[str, torch.Tensor],
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": WEIGHTS_FORMAT, **{str(k): str(v) for k, v in (metadata or {}).items()}})
+        publishable(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
