@@ -251,7 +251,7 @@ def test_init_from_a_run_of_the_same_model_takes_the_heads_too(tmp_path, digits)
     from anycost.zoo import resolve_model
     from anycost.train import init_weights
 
-    src, _ = resolve_model(str(tmp_path / "heads"))
+    src = resolve_model(str(tmp_path / "heads"))
     joint = create_model("test_ee_resnet", num_classes=10, in_chans=1, **{**kw, "mode": "joint"})
     init_weights(joint, str(tmp_path / "heads"))
     ref = src.state_dict()

@@ -106,7 +106,7 @@ def test_typed_record():
     assert w.train_augment == {"augment": True, "flip": True, "pad": None, "cutout": 0}
     # CNMM +bn points: statistics moved to op state, params hold only bn=True
     bn = [o for o in w.operating_points if o["params"].get("bn")]
-    assert len(bn) == 45 and all(o["params"]["bn"] is True for o in bn)
+    assert len(bn) >= 1 and all(o["params"]["bn"] is True for o in bn)  # points with their own BN statistics
     assert all(not o["params"]["mechanism"].endswith("+bn") for o in w.operating_points)
     assert len(json.dumps(w.to_dict())) < 200_000
     assert get_weights("resnet20.cpu_cifar10").recipe == "cpu" and get_weights("resnet8.cpu30_cifar10").recipe == "cpu30"
@@ -169,12 +169,15 @@ def test_op_state_loaded_from_file(no_pickle):
     m = anycost.load("cnmm_d8.cifar10")
     _, ops = store.read_weights(_repo_file("cnmm_d8.cifar10"))
     st = m.op_state()
-    assert len(st) == 24 and set(st) == set(ops)
+    assert st and set(st) == set(ops)
+    assert set(st) == {o.name for o in m.operating_points() if o.get("bn")}  # only shipped points keep state
     for name, d in ops.items():
         assert d.keys() == st[name].keys() and all(torch.equal(d[k], st[name][k]) for k in d)
     # a +bn point really runs with its own statistics: it differs from the same pruning without them
+    from anycost.core import OperatingPoint
+
     bn = next(o for o in m.operating_points() if o.get("bn") and o["budget_fraction"] < 1)
-    plain = next(o for o in m.operating_points() if not o.get("bn") and o["prune"] == bn["prune"])
+    plain = OperatingPoint("plain", dict(bn.params, bn=False))
     x = torch.randn(4, 3, 32, 32)
     assert not torch.equal(m.infer(x, bn).logits, m.infer(x, plain).logits)
 
