@@ -25,10 +25,12 @@ def main():
     a = ap.parse_args()
     data = load_dataset("cifar10", data_dir=a.data_dir)
     ds = data.get(a.split)
-    model, meta = resolve_model(a.model)
+    model = resolve_model(a.model)
+    meta = model.pretrained_cfg
     results = {"as trained": evaluate_classifier(model, ds, data.mean, data.std)["top1"]}
     for label, aug in (("augmented batches", True), ("plain batches", False)):
-        model, _ = resolve_model(a.model)
+        model = resolve_model(a.model)
+
         loader = bn_statistics_loader(data, data.mean, data.std, augment=aug, train_augment=meta.get("train_augment"))
         reestimate_bn(model, loader, a.batches)
         results[label] = evaluate_classifier(model, ds, data.mean, data.std)["top1"]

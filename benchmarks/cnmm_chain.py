@@ -33,7 +33,8 @@ def main():
     sd = load_dataset("cifar10", args.data_dir)
     rows = []
     for name in args.models:
-        m, meta = resolve_model(name)
+        m = resolve_model(name)
+        meta = m.pretrained_cfg
         if not isinstance(m, ResCNMM):
             raise SystemExit(f"{name} is not a residual CNMM")
         chain = PruneSpec(sorted(e for e, k in enumerate(m.mandatory.tolist()) if k))

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# PROVENANCE: written for the pre-contract CLI and zoo names (commit 66c48e7: `anycost export`, `calibrate --export`,
+# `NAME.cifar10` entries). It records how the committed numbers were made; to re-run it as written,
+# check out that commit. The same steps today: `anycost train`, `anycost calibrate --save`, `anycost publish`.
 # CNMM on CIFAR-10 (issue 5): train cnmm_d8 once with the `cpu` recipe shortened to CNMM_EPOCHS
 # (default 14; resumable; an epoch costs ~1.5x ResNet-20's, so 20 would be ResNet-20's training
 # budget and 14 is ~70 % of it), every edge kept with probability at most 0.7 (keep_max),

@@ -37,7 +37,8 @@ def main():
     rows = []
     for spec in a.models:
         label, _, src = spec.rpartition("=")
-        model, _ = resolve_model(src)
+        model = resolve_model(src)
+
         rows.append({"model": label or src, "source": src, "keep_max": model.keep_max,
                      "cost_weight": model.cost_weight, "kinds": edge_kinds(model)})
     kinds = list(rows[0]["kinds"])

@@ -28,7 +28,8 @@ def main():
     ap.add_argument("--record", help="write a JSON record here")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    m, meta = resolve_model(args.model)
+    m = resolve_model(args.model)
+    meta = m.pretrained_cfg
     sd = load_dataset("cifar10", args.data_dir)
     mean, std = meta.get("mean", sd.mean), meta.get("std", sd.std)
     rows = []

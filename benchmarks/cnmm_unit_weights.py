@@ -30,7 +30,8 @@ def main():
     ap.add_argument("--record", required=True)
     a = ap.parse_args()
     data = load_dataset("cifar10", data_dir=a.data_dir)
-    model, meta = resolve_model(a.model)
+    model = resolve_model(a.model)
+    meta = model.pretrained_cfg
     path = check_path(model, read_record(a.path)["results"]["greedy_path"])
     loader = bn_statistics_loader(data, data.mean, data.std, train_augment=meta.get("train_augment"))
     bn_batches = [b for _, b in zip(range(a.batches), loader)]  # the same batches for every network
@@ -38,7 +39,7 @@ def main():
     for spec in path[::2] + ([path[-1]] if len(path) % 2 == 0 else []):
         row = {"macs": model.spec_macs(spec), "edges": spec.edges}
         for v in VARIANTS:
-            net = model._export(PruneSpec(spec.edges, unit_weights=v.startswith("greedy-unit")))
+            net = model.build_pruned(PruneSpec(spec.edges, unit_weights=v.startswith("greedy-unit")))
             if v.endswith("+bn"):
                 reestimate_bn(net, bn_batches, a.batches)
             row[v] = {s: evaluate_classifier(net, data.get(s), data.mean, data.std)["top1"] for s in SPLITS}

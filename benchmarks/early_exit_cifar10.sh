@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# PROVENANCE: written for the pre-contract CLI and zoo names (commit 66c48e7: `anycost export`, `calibrate --export`,
+# `NAME.cifar10` entries). It records how the committed numbers were made; to re-run it as written,
+# check out that commit. The same steps today: `anycost train`, `anycost calibrate --save`, `anycost publish`.
 # Early exit and network selection on CIFAR-10 (issue 4). Needs the static zoo models
 # (benchmarks/static_cifar10.sh). Trains (resumable, ~1 h each when not done yet) a two-stage
 # multi-exit ResNet-20 (heads only, on the frozen zoo resnet20) and a jointly trained one.

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# PROVENANCE: written for the pre-contract CLI and zoo names (commit 66c48e7: `anycost export`, `calibrate --export`,
+# `NAME.cifar10` entries). It records how the committed numbers were made; to re-run it as written,
+# check out that commit. The same steps today: `anycost train`, `anycost calibrate --save`, `anycost publish`.
 # LC-Net on CIFAR-10 (issue 6): L-Net, C-Net, LC-Net (target 50 % of the MACs) and the
 # budget-conditioned LC-Net, each fine-tuned for LC_EPOCHS epochs (default 5) of the `cpu`
 # recipe from the zoo resnet20 at peak lr LC_LR (default: the recipe's 0.1) with cost weight

@@ -26,7 +26,8 @@ torch.set_num_threads(1)
 sd = load_dataset("cifar10", args.data_dir)
 thr = torch.logit(torch.tensor(args.tau)).item()
 for spec in args.models:
-    m, meta = resolve_model(spec)
+    m = resolve_model(spec)
+    meta = m.pretrained_cfg
     seen = []  # (predictor, output) per block, in execution order
     hooks = [p.register_forward_hook(lambda mod, i, o: seen.append((mod, o))) for p in m.predictors]
     x, y = next(iter(BatchLoader(sd.get("holdout"), args.n, meta.get("mean", sd.mean), meta.get("std", sd.std))))

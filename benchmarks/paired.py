@@ -32,7 +32,8 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 def correct_and_macs(spec: str, sd, batch: int):
     name, _, op_name = spec.partition("@")
-    m, meta = resolve_model(name)
+    m = resolve_model(name)
+    meta = m.pretrained_cfg
     op = None
     if op_name:
         ops = {o.name: o for o in m.operating_points()}

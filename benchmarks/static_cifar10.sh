@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# PROVENANCE: written for the pre-contract CLI and zoo names (commit 66c48e7: `anycost export`, `calibrate --export`,
+# `NAME.cifar10` entries). It records how the committed numbers were made; to re-run it as written,
+# check out that commit. The same steps today: `anycost train`, `anycost calibrate --save`, `anycost publish`.
 # Static CIFAR-10 baselines with the `cpu` recipe (26 epochs each), then export to the zoo
 # and measure on the validation halves. Long: run in the background, e.g.
 #   nohup bash benchmarks/static_cifar10.sh > runs/static.log 2>&1 &

@@ -160,9 +160,9 @@ def test_distillation_config_errors(tmp_path):
     with pytest.raises(ValueError, match="teacher and a weight"):
         train(tiny_cfg(tmp_path, distill=1.0))
     with pytest.raises(ValueError, match="teacher and a weight"):
-        train(tiny_cfg(tmp_path, teacher="resnet20.cifar10"))
+        train(tiny_cfg(tmp_path, teacher="resnet20.cpu30_cifar10"))
     with pytest.raises(ValueError, match="normalisation"):
-        train(tiny_cfg(tmp_path, dataset="digits", teacher="resnet20.cifar10", distill=1.0))
+        train(tiny_cfg(tmp_path, dataset="digits", teacher="resnet20.cpu30_cifar10", distill=1.0))
 
 
 def test_lr_mult_gives_named_parameters_their_own_learning_rate():

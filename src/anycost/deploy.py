@@ -15,14 +15,21 @@ from torch import Tensor
 __all__ = ["to_torchscript", "load_torchscript", "to_onnx", "run_onnx"]
 
 
-def to_torchscript(module: nn.Module, path: str | os.PathLike | None = None) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` the module (an ``export(op)`` result); save it when ``path`` is given."""
+def to_torchscript(module: nn.Module, path=None) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` the module (an ``export(op)`` result); save it when ``path`` (a file
+    name or a writable binary file object) is given."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 marks TorchScript deprecated
         scripted = torch.jit.script(module.eval())
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        scripted.save(str(path))
+    if path is None:
+        return scripted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if hasattr(path, "write"):
+            torch.jit.save(scripted, path)
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            scripted.save(str(path))
     return scripted
 
 

@@ -126,7 +126,7 @@ def test_export_survives_torchscript(model, data):
     op = model.operating_points()[len(model.operating_points()) // 2]
     net = model.export(op)
     buf = io.BytesIO()
-    torch.jit.save(to_torchscript(net), buf)
+    to_torchscript(net, buf)
     loaded = load_torchscript(buf.getvalue())
     with torch.no_grad():
         assert torch.allclose(loaded(x), net(x), atol=1e-5)
