@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from anycost.cost import StaticModel, check_reported_macs, count_macs, module_macs
+from anycost.cost import check_reported_macs, count_macs, module_macs
+from anycost.models.static import StaticModel
 from anycost.eval import OperatingPoint
 from anycost.models import create_model
 from anycost.routing import BatchRouter, gather_rows, scatter_rows

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from anycost.cost import as_dynamic
+from anycost.models.static import as_dynamic
 from anycost.eval import OperatingPoint
 
 

@@ -349,5 +349,3 @@ def progress_bar(it, on: bool, desc: str):
 
     return tqdm(it, desc=desc, leave=False)
 
-
-_normalised, _progress = normalised, progress_bar  # the names the families first imported

@@ -19,9 +19,9 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from anycost.core import DynamicModel, DynamicOutput, OperatingPoint
+from anycost.core import DynamicOutput
 
-__all__ = ["DynamicOutput", "count_macs", "module_macs", "StaticModel", "as_dynamic", "check_reported_macs", "MacsCheck"]
+__all__ = ["DynamicOutput", "count_macs", "module_macs", "check_reported_macs", "MacsCheck"]
 
 
 def count_macs(fn, *args, **kwargs) -> int:
@@ -42,45 +42,6 @@ def module_macs(module: nn.Module, input_shape: tuple[int, ...], device=None, dt
         return count_macs(module, torch.zeros(1, *input_shape, device=device, dtype=dtype))
     finally:
         module.train(was_training)
-
-
-class StaticModel(DynamicModel):
-    """Gives any plain classifier the contract: one operating point ('full'), constant MACs;
-    its export is the network itself."""
-
-    family = "static"
-
-    def __init__(self, model: nn.Module, input_size: tuple[int, int, int]):
-        super().__init__()
-        self.model = model
-        self.input_size = tuple(input_size)
-        self.macs_per_sample = module_macs(model, self.input_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
-
-    def check_op(self, op: OperatingPoint) -> OperatingPoint:
-        if op.params:
-            raise ValueError(f"a static network has one operating point ('full') without params, got {dict(op.params)}")
-        return op
-
-    def is_static(self, op=None) -> bool:
-        return True
-
-    def _infer(self, x: Tensor, op: OperatingPoint) -> DynamicOutput:
-        return DynamicOutput(self.model(x), torch.full((x.shape[0],), float(self.macs_per_sample),
-                                                       dtype=torch.float64, device=x.device))
-
-    def export(self, op: OperatingPoint | str | None = None) -> nn.Module:
-        self._export_op(op)
-        import copy
-
-        return copy.deepcopy(self.model).eval()
-
-
-def as_dynamic(model: nn.Module, input_size: tuple[int, int, int]) -> DynamicModel:
-    """The model itself if it implements the contract; else a StaticModel around it."""
-    return model if isinstance(model, DynamicModel) else StaticModel(model, input_size)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anycost.core import DynamicOutput
-from anycost.cost import as_dynamic
+from anycost.models.static import as_dynamic
 from anycost.curves import *  # noqa: F401,F403  (re-exported: callers import curves from here too)
 from anycost.curves import CurvePoint, OperatingPoint, TradeoffCurve, point_from_outputs, __all__ as _curves_all
 from anycost.data import BatchLoader, ImageDataset

@@ -7,6 +7,7 @@ from anycost.core import OperatingPoint
 from anycost.eval import evaluate_curve
 from anycost.models import create_model
 from anycost.train import TrainConfig, train
+from lcnet_util import randomise_predictors
 
 VARIANTS = [("lnet", dict(layers=True, channels=False)), ("cnet", dict(layers=False, channels=True)),
             ("lcnet", dict(layers=True, channels=True)), ("cond", dict(layers=True, channels=True, conditioned=True))]
@@ -24,19 +25,9 @@ def tiny(kw, **extra):
     return create_model("test_lcnet", num_classes=10, in_chans=1, widths=(8, 16, 32), **kw, **extra)
 
 
-def _randomise_predictors(m):
-    """Untrained predictors execute everything; give them varied decisions to test routing."""
-    with torch.no_grad():
-        for p in m.predictors:
-            p.fc1.weight.normal_(0, 3.0)
-            p.fc2.weight.normal_(0, 1.0)
-            p.fc2.bias.normal_(0, 0.2)
-    return m.eval()
-
-
 @pytest.mark.parametrize("name,kw", VARIANTS)
 def test_reported_macs_are_honest(name, kw):
-    m = _randomise_predictors(tiny(kw))
+    m = randomise_predictors(tiny(kw))
     x = varied(12)
     fixed = OperatingPoint("fixed", {"fixed": m.derive_fixed(x, m.default_operating_points()[1])})
     for op in m.default_operating_points() + [fixed]:
@@ -47,7 +38,7 @@ def test_reported_macs_are_honest(name, kw):
 
 @pytest.mark.parametrize("name,kw", VARIANTS)
 def test_real_skipping_matches_masked_forward_and_batch_of_one(name, kw):
-    m = _randomise_predictors(tiny(kw))
+    m = randomise_predictors(tiny(kw))
     x = varied(10)
     op = OperatingPoint("t", {"tau": 0.5, "budget": 0.5} if kw.get("conditioned") else {"tau": 0.5})
     out = m.infer(x, op)
@@ -60,7 +51,7 @@ def test_real_skipping_matches_masked_forward_and_batch_of_one(name, kw):
 
 
 def test_thresholds_and_budgets_trade_macs():
-    m = _randomise_predictors(tiny(dict(layers=True, channels=True)))
+    m = randomise_predictors(tiny(dict(layers=True, channels=True)))
     x = varied(32)
     macs = [m.infer(x, OperatingPoint("t", {"tau": t})).macs.mean().item() for t in (0.1, 0.5, 0.9)]
     assert macs[0] >= macs[1] >= macs[2] and macs[0] > macs[2]
@@ -120,7 +111,7 @@ def test_lcnet_on_a_torchvision_resnet18():
     from anycost.models.lcnet import LCResNet
 
     torch.manual_seed(0)
-    m = _randomise_predictors(LCResNet.from_torchvision(resnet18(num_classes=10), input_hw=32))
+    m = randomise_predictors(LCResNet.from_torchvision(resnet18(num_classes=10), input_hw=32))
     assert len(m.blocks_list) == 8 and sum(m.shortcut_macs) > 0 and m.input_size == (3, 32, 32)
     x = torch.randn(6, 3, 32, 32) * (0.5 + 2 * torch.rand(6, 1, 1, 1))
     for op in m.operating_points():
@@ -164,7 +155,7 @@ def test_gate_l2_charges_the_squared_gate_logits():
     ce = torch.nn.CrossEntropyLoss()
     losses = {}
     for g in (0.0, 0.5):
-        m = _randomise_predictors(tiny(dict(layers=True, channels=True), gate_l2=g)).eval()  # eval: no Gumbel noise
+        m = randomise_predictors(tiny(dict(layers=True, channels=True), gate_l2=g)).eval()  # eval: no Gumbel noise
         losses[g] = m.training_loss(x, y, ce)[0].item()
         gates = m.forward_train(x)[2]
     assert gates.shape == (4, sum(1 + b.planes for b in m.blocks_list))
@@ -194,7 +185,7 @@ def test_lcnet_starts_from_a_trained_lnet_as_that_lnet():
     a C-Net carries its channel rows over; other mismatches stay clear errors."""
     from anycost.checkpoint import CheckpointError
 
-    lnet = _randomise_predictors(tiny(dict(layers=True, channels=False)))
+    lnet = randomise_predictors(tiny(dict(layers=True, channels=False)))
     lc = tiny(dict(layers=True, channels=True))
     lc.init_from_trained(lnet)
     lc.eval()
@@ -207,7 +198,7 @@ def test_lcnet_starts_from_a_trained_lnet_as_that_lnet():
         # the same blocks run; only the larger predictors cost more
         extra = sum(q - p for p, q in zip(lnet.pred_macs, lc.pred_macs))
         assert torch.allclose(b.macs, a.macs + extra)
-    cnet = _randomise_predictors(tiny(dict(layers=False, channels=True)))
+    cnet = randomise_predictors(tiny(dict(layers=False, channels=True)))
     lc2 = tiny(dict(layers=True, channels=True))
     lc2.init_from_trained(cnet)
     for p, q in zip(lc2.predictors, cnet.predictors):

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 import anycost.models.lcnet.model as lcmodel
-from anycost.core import DynamicModel, OperatingPoint, _normalised
+from anycost.core import DynamicModel, OperatingPoint, normalised
 from anycost.cost import count_macs
 from anycost.data import ImageDataset
 from anycost.deploy import to_torchscript
 from anycost.models import create_model
 from anycost.models.lcnet import GatedNet, PrunedNet
+from lcnet_util import randomise_predictors
 
 KINDS = {"lnet": dict(layers=True, channels=False), "cnet": dict(layers=False, channels=True),
          "lcnet": dict(layers=True, channels=True), "cond": dict(layers=True, channels=True, conditioned=True)}
@@ -29,13 +30,7 @@ def varied(n, seed=1):
 def tiny(kind):
     """A tiny model whose predictors make varied per-input decisions (fresh ones keep everything)."""
     torch.manual_seed(0)
-    m = create_model("test_lcnet", num_classes=10, in_chans=1, widths=(8, 16, 32), **KINDS[kind])
-    with torch.no_grad():
-        for p in m.predictors:
-            p.fc1.weight.normal_(0, 3.0)
-            p.fc2.weight.normal_(0, 1.0)
-            p.fc2.bias.normal_(0, 0.2)
-    return m.eval()
+    return randomise_predictors(create_model("test_lcnet", num_classes=10, in_chans=1, widths=(8, 16, 32), **KINDS[kind]))
 
 
 def gated(kind, tau=0.5):
@@ -110,7 +105,7 @@ def test_rows_near_a_threshold_are_rerouted(monkeypatch):
     normally = m._anycost_rerouted["t"]
     monkeypatch.setattr(lcmodel, "MARGIN", float("inf"))
     out = m.measure(ds, NORM["mean"], NORM["std"], ops, batch_size=30)
-    x, _ = _normalised(ds, NORM["mean"], NORM["std"])
+    x, _ = normalised(ds, NORM["mean"], NORM["std"])
     masked = int((~m._masked(x, m.setting(ops[0]))[2]).sum())
     assert normally < masked == m._anycost_rerouted["t"]  # the masked pass vouches for most rows
     assert (out[0].macs, out[0].accuracy) == (base[0].macs, base[0].accuracy)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from anycost.core import DynamicModel, DynamicOutput, OperatingPoint, _normalised, _progress
+from anycost.core import DynamicModel, DynamicOutput, OperatingPoint, normalised, progress_bar
 from anycost.policies import (METRICS, NUM_FEATURES, ExitCache, LinearGate, confidence, features, learn_policy,
                               learned_routes, threshold_exits)
 
@@ -260,9 +260,9 @@ class ExitPolicyModel(DynamicModel):
     def measure(self, ds, mean, std, ops: list[OperatingPoint], split: str | None = None, batch_size: int = 500,
                 progress: bool = False) -> list[OperatingPoint]:
         """Like the base class's routed measure, from one cached pass over every exit."""
-        cache = self.exit_cache(*_normalised(ds, mean, std), batch_size, split)
+        cache = self.exit_cache(*normalised(ds, mean, std), batch_size, split)
         rows, out = torch.arange(cache.labels.shape[0]), []
-        for op in _progress(ops, progress, "measuring operating points"):
+        for op in progress_bar(ops, progress, "measuring operating points"):
             op = self.check_op(op)
             code, macs = self.simulate(cache, op)
             pred = cache.logits[code.clamp_max(self.num_exits - 1), rows].argmax(-1)
@@ -275,14 +275,14 @@ class ExitPolicyModel(DynamicModel):
                                    jump: bool | None = None) -> list[OperatingPoint]:
         """Fixed exits, thresholds at quantiles of the early exits' confidence (per metric) and
         learned policies over ``lams``, chosen on the cached outputs of ``data.get(split)``."""
-        cache = self.exit_cache(*_normalised(data.get(split), data.mean, data.std), batch_size, split)
+        cache = self.exit_cache(*normalised(data.get(split), data.mean, data.std), batch_size, split)
         ops = self.default_operating_points()
         for metric in metrics:
             for t in threshold_candidates(cache, metric, n_thresholds):
                 ops.append(OperatingPoint(f"{metric}>={t:.6g}", {"policy": "threshold", "metric": metric, "threshold": t}))
         jump = self.supports_jump if jump is None else jump
         lams = lams if lams is not None else [0.0] + torch.logspace(-2.5, 0.5, 11).tolist()
-        for lam in _progress(lams, progress, "learning exit policies"):
+        for lam in progress_bar(lams, progress, "learning exit policies"):
             ops.append(OperatingPoint(f"learned lam={lam:.4g}", learn_policy(cache, lam, jump=jump)))
         return _unique(ops)
 

@@ -1,7 +1,7 @@
 """The static family: one network, one operating point ('full'), constant MACs per input.
 
 :class:`StaticNet` is the contract for a network class that is static by design (the CIFAR
-ResNets inherit it); :class:`anycost.cost.StaticModel` wraps any other ``nn.Module``.
+ResNets inherit it); :class:`StaticModel` wraps any other ``nn.Module``.
 Calibration measures the single point; ``export`` returns a copy of the network itself."""
 
 from __future__ import annotations
@@ -52,3 +52,26 @@ def plain_copy(module: nn.Module) -> nn.Module:
         for k in [k for k in m.__dict__ if k.startswith("_anycost")]:
             del m.__dict__[k]
     return net
+
+
+class StaticModel(StaticNet):
+    """Any plain classifier under the contract (one point, constant MACs at ``input_size``);
+    its export is the wrapped network itself."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int, int]):
+        super().__init__()
+        self.model = model
+        self.input_size = tuple(input_size)
+        self.macs_per_sample = self.macs_at(self.input_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def export(self, op: OperatingPoint | str | None = None) -> nn.Module:
+        self._export_op(op)
+        return plain_copy(self.model)
+
+
+def as_dynamic(model: nn.Module, input_size: tuple[int, int, int]) -> DynamicModel:
+    """The model itself if it implements the contract; else a StaticModel around it."""
+    return model if isinstance(model, DynamicModel) else StaticModel(model, input_size)

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from anycost.core import (DynamicModel, DynamicOutput, Mixture, OperatingPoint, _normalised, _progress,
+from anycost.core import (DynamicModel, DynamicOutput, Mixture, OperatingPoint, normalised, progress_bar,
                           pareto_subset)
 from anycost.cost import module_macs
 
@@ -359,7 +359,7 @@ class LCResNet(DynamicModel):
 
     def _sample(self, data, split: str, n: int) -> Tensor:
         """Up to ``n`` inputs of ``split``, evenly spaced, normalised: (n, C, H, W)."""
-        x, _ = _normalised(data.get(split), data.mean, data.std)
+        x, _ = normalised(data.get(split), data.mean, data.std)
         if len(x) > n:
             x = x[torch.linspace(0, len(x) - 1, n).long()]
         return x.to(self._device())
@@ -528,26 +528,45 @@ class LCResNet(DynamicModel):
         """Real skipping in a batch: skipped blocks leave the batch (gather / scatter per
         block); channel gating groups the rows that share a keep-mask and runs each group
         through weight-sliced convolutions, so per-input MACs stay exact."""
+        return self._batched(x, s)[0]
+
+    def _batched(self, x: Tensor, s: Setting, dense: bool = False) -> tuple[DynamicOutput, Tensor | None]:
+        """The batched pass behind routed inference (``dense=False``) and the cheaper masked
+        measurement (``dense=True``, see :meth:`_masked`). Skipped blocks leave the batch; the
+        rows that execute a block go through it together. Returns the output and, when dense,
+        which rows it vouches for (B,); None otherwise."""
         n = x.shape[0]
-        all_ = s.execute_all
         macs = torch.full((n,), float(self.always_macs), dtype=torch.float64, device=x.device)
+        skipped = torch.zeros(n, dtype=torch.long, device=x.device)
+        ok = torch.ones(n, dtype=torch.bool, device=x.device) if dense else None
+        approx = torch.zeros(n, dtype=torch.bool, device=x.device) if dense else None  # rows that took a masked pass
         budget = self._budget(x, s)
         h = self.backbone.stem(x)
-        skipped = torch.zeros(n, dtype=torch.long, device=x.device)
         for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
             ll, ls, cl, cs = pred.split(pred(self._pooled(h, budget)))
             macs += self.pred_macs[i]
-            go = (ll > s.thr) | all_ if self.layers else torch.ones(n, dtype=torch.bool, device=x.device)
             out = blk.shortcut(h)
+            if self.layers:
+                go = (ll > s.thr) | s.execute_all
+                if dense:
+                    ok &= ~approx | ((ll - s.thr).abs() > MARGIN)
+            else:
+                go = torch.ones(n, dtype=torch.bool, device=x.device)
             rows = go.nonzero().squeeze(1)
             skipped += (~go).long()
             if rows.numel():
                 hr = h.index_select(0, rows)  # only the rows that execute this block
                 if self.channels:
-                    keep = (cl.index_select(0, rows) > s.thr) | all_  # (A, C)
+                    clr = cl.index_select(0, rows)  # (A, C)
+                    keep = (clr > s.thr) | s.execute_all
                     scale = cs.index_select(0, rows)
-                    masks, inv = torch.unique(keep, dim=0, return_inverse=True)
-                    branch = self._grouped_branch(blk, hr, masks, inv, scale, out.shape[2:])
+                    if dense:
+                        ok[rows] &= ~approx[rows] | ((clr - s.thr).abs() > MARGIN).all(1)
+                        branch, masked = self._masked_channels(blk, hr, keep, scale, out.shape[2:])
+                        approx[rows] |= masked
+                    else:
+                        masks, inv = torch.unique(keep, dim=0, return_inverse=True)
+                        branch = self._grouped_branch(blk, hr, masks, inv, scale, out.shape[2:])
                     macs[rows] += (self.conv1_macs[i] + self.conv2_macs[i]) * keep.sum(1).double() / blk.planes
                 else:
                     branch = blk.forward_branch(hr)
@@ -556,7 +575,11 @@ class LCResNet(DynamicModel):
                     branch = branch * ls.index_select(0, rows)[:, None, None, None]
                 out = out.index_add(0, rows, branch)  # scatter the executed branches back
             h = F.relu(out)
-        return DynamicOutput(self.backbone.forward_head(h), macs, skipped, len(self.blocks_list) + 1)
+        logits = self.backbone.forward_head(h)
+        if dense and logits.shape[1] > 1:
+            top = logits.topk(2, 1).values
+            ok &= ~approx | ((top[:, 0] - top[:, 1]) > MARGIN)
+        return DynamicOutput(logits, macs, skipped, len(self.blocks_list) + 1), ok
 
     def _grouped_branch(self, blk, h: Tensor, masks: Tensor, inv: Tensor, scale: Tensor, out_hw) -> Tensor:
         """Branch of rows h (A, C_in, H, W): one weight-sliced pass per distinct keep-mask
@@ -619,14 +642,14 @@ class LCResNet(DynamicModel):
         cheaper pass of :meth:`_masked` per batch, and the inputs it cannot vouch for (a
         decision or top-1 within MARGIN of flipping after a masked pass) are re-run through
         routed inference; their count per point is kept in ``_anycost_rerouted``."""
-        x_all, y_all = _normalised(ds, mean, std)
+        x_all, y_all = normalised(ds, mean, std)
         dev = self._device()
         was = self.training
         self.eval()
         rerouted = self.__dict__.setdefault("_anycost_rerouted", {})
         try:
             out = []
-            for op in _progress(ops, progress, "measuring operating points"):
+            for op in progress_bar(ops, progress, "measuring operating points"):
                 op = self.check_op(op)
                 macs, correct, rerouted[op.name] = 0.0, 0, 0
                 for i in range(0, len(y_all), batch_size):
@@ -661,43 +684,8 @@ class LCResNet(DynamicModel):
         channels multiplied by 0. Those rows' activations then round differently from routed
         inference's, so from there on their decisions (and top-1) are only vouched for with
         more than MARGIN to spare. Returns (logits (B, K), MACs (B,), ok (B,))."""
-        n = x.shape[0]
-        macs = torch.full((n,), float(self.always_macs), dtype=torch.float64, device=x.device)
-        ok = torch.ones(n, dtype=torch.bool, device=x.device)
-        approx = torch.zeros(n, dtype=torch.bool, device=x.device)  # rows that took a masked pass
-        budget = self._budget(x, s)
-        h = self.backbone.stem(x)
-        for i, (blk, pred) in enumerate(zip(self.blocks_list, self.predictors)):
-            ll, ls, cl, cs = pred.split(pred(self._pooled(h, budget)))
-            macs += self.pred_macs[i]
-            out = blk.shortcut(h)
-            if self.layers:
-                go = ll > s.thr
-                ok &= ~approx | ((ll - s.thr).abs() > MARGIN)
-            else:
-                go = torch.ones(n, dtype=torch.bool, device=x.device)
-            rows = go.nonzero().squeeze(1)
-            if rows.numel():
-                hr = h.index_select(0, rows)
-                if self.channels:
-                    clr = cl.index_select(0, rows)  # (A, C)
-                    ok[rows] &= ~approx[rows] | ((clr - s.thr).abs() > MARGIN).all(1)
-                    keep = clr > s.thr
-                    branch, masked = self._masked_channels(blk, hr, keep, cs.index_select(0, rows), out.shape[2:])
-                    approx[rows] |= masked
-                    macs[rows] += (self.conv1_macs[i] + self.conv2_macs[i]) * keep.sum(1).double() / blk.planes
-                else:
-                    branch = blk.forward_branch(hr)
-                    macs[rows] += self.conv1_macs[i] + self.conv2_macs[i]
-                if self.layers:
-                    branch = branch * ls.index_select(0, rows)[:, None, None, None]
-                out = out.index_add(0, rows, branch)
-            h = F.relu(out)
-        logits = self.backbone.forward_head(h)
-        if logits.shape[1] > 1:
-            top = logits.topk(2, 1).values
-            ok &= ~approx | ((top[:, 0] - top[:, 1]) > MARGIN)
-        return logits, macs, ok
+        o, ok = self._batched(x, s, dense=True)
+        return o.logits, o.macs, ok
 
     def _masked_channels(self, blk, h: Tensor, keep: Tensor, scale: Tensor, out_hw) -> tuple[Tensor, Tensor]:
         """Branch of rows h (A, C_in, H, W) with keep-masks (A, C) and scales (A, C), and which
