@@ -209,3 +209,12 @@ def test_cli_download_flag_fails_clearly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(D, "download_cifar", lambda root, ds: real(root, ds, url="http://127.0.0.1:9/x.tar.gz"))
     assert main(["train", "resnet8", "--recipe", "cpu", "--download", "--data-dir", str(tmp_path)]) == 2
     assert "download of cifar10 failed" in capsys.readouterr().err
+
+
+def test_split_fingerprint_names_large_splits_by_hash():
+    from anycost.data import split_fingerprint
+
+    small, large = split_fingerprint(list(range(10))), split_fingerprint(list(range(5000, 0, -1)))
+    assert small["val_indices"] == list(range(10)) and "val_indices" not in large
+    assert large["val_indices_sha256"] == split_fingerprint(list(range(1, 5001)))["val_indices_sha256"]
+    assert large["val_indices_sha256"] != split_fingerprint(list(range(2, 5002)))["val_indices_sha256"]

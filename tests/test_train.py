@@ -45,7 +45,7 @@ def test_record_has_config_commit_seed_hardware_history(tmp_path):
     assert set(rec["git"]) == {"commit", "dirty"} and rec["hardware"]["torch"] == torch.__version__
     h = rec["results"]["history"]
     assert [r["epoch"] for r in h] == [1, 2] and all(0 <= r["val_acc"] <= 100 for r in h)
-    assert len(rec["split"]["val_indices"]) == 360
+    assert len(rec["split"]["val_indices"]) == 360 and len(rec["split"]["val_indices_sha256"]) == 64
     assert rec["model"]["normalization"]["mean"] and len(rec["model"]["classes"]) == 10
 
 
@@ -214,3 +214,38 @@ def test_cutout_is_validated_and_part_of_the_resume_check(tmp_path):
     train(tiny_cfg(tmp_path, epochs=1, cutout=2))  # 8x8 digits, 2x2 holes
     with pytest.raises(Exception, match="'cutout' was 2, now 0"):
         train(tiny_cfg(tmp_path, epochs=1), resume=True)
+
+
+@pytest.mark.parametrize("kill_at", [None, 1437 // 128 + 5])
+def test_weight_ema_is_published_and_resumes_exactly(tmp_path, kill_at):
+    """With ``ema`` on, ``model`` in the checkpoint is the average (differs from the live
+    weights, which are kept as ``train_model``), the record carries both accuracies, and a
+    run killed mid-epoch resumes to the same average as an uninterrupted one."""
+    ref = tiny_cfg(tmp_path / "ref", ema=0.9, ema_warmup=3)
+    train(ref)
+    ck_ref = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)
+    assert ck_ref["model"].keys() == ck_ref["train_model"].keys()
+    assert not torch.equal(ck_ref["model"]["fc.weight"], ck_ref["train_model"]["fc.weight"])
+    rows = json.loads((tmp_path / "ref" / "record.json").read_text())["results"]["history"]
+    assert all("val_acc_raw" in r and "val_acc" in r for r in rows)
+    if kill_at is None:
+        return
+    cfg = tiny_cfg(tmp_path / "killed", ema=0.9, ema_warmup=3)
+
+    def kill(step):
+        if step == kill_at:
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        train(cfg, on_step=kill)
+    train(cfg, resume=True)
+    ck = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    for key in ("model", "train_model"):
+        assert all(torch.equal(ck[key][k], ck_ref[key][k]) for k in ck[key]), key
+    with pytest.raises(CheckpointError, match="cannot resume: 'ema'"):
+        train(tiny_cfg(tmp_path / "killed", ema=0.5, ema_warmup=3), resume=True)
+
+
+def test_ema_config_is_checked():
+    with pytest.raises(ValueError, match="ema is a per-step decay"):
+        TrainConfig(ema=1.0).validate()

@@ -15,6 +15,8 @@ computed on the training split and travel with the model (``pretrained_cfg``).
 
 from __future__ import annotations
 
+import hashlib
+
 import io
 import os
 import pickle
@@ -327,8 +329,19 @@ def load_dataset(dataset: str = "digits", data_dir: str | None = None, val_size:
     mean, std = channel_stats(train.images)
     info = {"dataset": dataset, "split_mode": split_mode, "split_seed": split_seed, "train_size": len(train),
             "val_size": val_size, "test_size": len(test) if test is not None else 0,
-            "val_indices": va_idx.tolist()}
+            **split_fingerprint(va_idx)}
     return SplitData(train, val, test, mean, std, info)
+
+
+def split_fingerprint(val_idx: torch.Tensor, inline: int = 1000) -> dict:
+    """How a record names its validation images: a sha256 of the sorted int64 indices (the
+    split is a function of its seed, so the hash is enough to check it), plus the indices
+    themselves when few (a CIFAR record would otherwise carry 34 KB of them)."""
+    idx = torch.sort(torch.as_tensor(val_idx, dtype=torch.int64)).values
+    out = {"val_indices_sha256": hashlib.sha256(idx.numpy().tobytes()).hexdigest()}
+    if len(idx) <= inline:
+        out["val_indices"] = torch.as_tensor(val_idx).tolist()
+    return out
 
 
 # --------------------------------------------------------------------------- batches

@@ -7,6 +7,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -35,8 +36,21 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def dumps(obj: Any) -> str:
+    """JSON for records: objects indented one space per level (readable, diffable), lists of
+    plain values on one line (a 100-point curve or a channel list stays a few lines)."""
+    text = json.dumps(obj, indent=1, default=_json_default)
+    # a list holding no list or object; JSON strings never contain a raw newline, so only
+    # layout whitespace is removed
+    return _FLAT_LIST.sub(lambda m: _LAYOUT.sub("", m.group()), text)
+
+
+_FLAT_LIST = re.compile(r'\[(?:[^\[\]{}"]|"(?:[^"\\]|\\.)*")*\]')  # strings are skipped whole
+_LAYOUT = re.compile(r"\n\s*")
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
+    return write_text_atomic(path, dumps(obj) + "\n")
 
 
 def _json_default(o):
