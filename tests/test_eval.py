@@ -176,3 +176,40 @@ def test_drop_curves_by_pattern():
     assert drop_curves(cs, []) == cs
     with pytest.raises(ValueError, match="leaves no curve"):
         drop_curves(cs, ["*"])
+
+
+def test_wilson_interval_matches_known_values_and_stays_in_range():
+    from anycost.curves import wilson_interval
+
+    lo, hi = wilson_interval(88.0, 2500)
+    # binomial standard error at p=0.88, n=2500 is 0.65 pt: the 95 % interval is about +-1.27 pt
+    assert lo == pytest.approx(86.66, abs=0.05) and hi == pytest.approx(89.19, abs=0.05)
+    assert wilson_interval(100.0, 50)[1] == 100.0 and wilson_interval(0.0, 50)[0] == 0.0
+    assert wilson_interval(50.0, 0) == (0.0, 100.0)
+    assert wilson_interval(90.0, 10000)[1] - wilson_interval(90.0, 10000)[0] < wilson_interval(90.0, 100)[1] - wilson_interval(90.0, 100)[0]
+
+
+def test_headline_table_one_row_per_curve_with_intervals_and_verdicts():
+    from anycost.report import headline_table
+
+    def pt(acc, macs, n=2500):
+        return CurvePoint(OperatingPoint(f"p{macs}", {}), acc, macs * 1e6, n=n)
+
+    ref = TradeoffCurve("ref56", [pt(90.0, 120)], static=True, measured_on="holdout")
+    small = TradeoffCurve("ref8", [pt(80.0, 10)], static=True, measured_on="holdout")
+    near = TradeoffCurve("dyn_near", [pt(89.7, 30), pt(89.4, 20), pt(90.1, 60)], measured_on="holdout")
+    far = TradeoffCurve("dyn_far", [pt(70.0, 5), pt(85.0, 50)], measured_on="holdout")
+    t = headline_table([ref, small, near, far], "dyn_*", {"static": "ref56|ref8"}, "ref56", 0.5)
+    rows = {r.split(" | ")[0][2:]: r for r in t.splitlines() if r.startswith("| dyn")}
+    # near: cheapest within 0.5 pt of 90.0 is 89.7 @ 30 M (89.4 is 0.6 under); static frontier
+    # at 30 M interpolates 80 -> 90 over 10..120 M: 81.82, far outside both intervals
+    assert "| p30 | 89.70 [" in rows["dyn_near"] and "4.00x fewer" in rows["dyn_near"]
+    assert "| 81.82 | +7.88 (above) |" in rows["dyn_near"]
+    # far never gets within 0.5 pt: its best point, marked, below the frontier (86.36 at 50 M)
+    assert "| p50 (best) | 85.00 [" in rows["dyn_far"] and "(tie)" in rows["dyn_far"]
+    close = TradeoffCurve("dyn_close", [pt(90.0, 120.0)], measured_on="holdout")
+    assert "+0.00 (tie)" in headline_table([ref, close], "dyn_*", {"static": "ref56"}, "ref56")
+    cheap = TradeoffCurve("dyn_cheap", [pt(89.8, 5)], measured_on="holdout")
+    assert "below its range" in headline_table([ref, small, cheap], "dyn_*", {"static": "ref*"}, "ref56")
+    with pytest.raises(ValueError, match="no curve named"):
+        headline_table([near], "dyn_*", {"static": "ref*"}, "missing")

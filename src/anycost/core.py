@@ -119,6 +119,9 @@ class Mixture:
 
 @dataclass
 class DynamicOutput:
+    """What ``infer`` returns: logits, the MACs each input really cost (decision overhead
+    included), and the exit / path / network each input took where the family has one."""
+
     logits: Tensor  # (B, K)
     macs: Tensor  # (B,) float64: MACs actually spent on each input, decision overhead included
     path: Tensor | None = None  # (B,) long: exit / path / network index each input took, if any
@@ -185,6 +188,7 @@ class DynamicModel(nn.Module):
         return list(self._shipped()) or self.default_operating_points()
 
     def default_operating_points(self) -> list[OperatingPoint]:
+        """The uncalibrated points ``operating_points()`` lists before any were set."""
         return [self.default_op()]
 
     def default_op(self) -> OperatingPoint:
@@ -192,6 +196,8 @@ class DynamicModel(nn.Module):
         return OperatingPoint("full")
 
     def set_operating_points(self, ops: Iterable[OperatingPoint | Mapping]) -> None:
+        """Replace the shipped points (points or their dicts), each validated by the family's
+        ``check_op``; names must be unique."""
         ops = [self.check_op(o if isinstance(o, OperatingPoint) else OperatingPoint.from_dict(o)) for o in ops]
         names = [o.name for o in ops]
         if len(set(names)) != len(names):
@@ -199,9 +205,11 @@ class DynamicModel(nn.Module):
         self.__dict__["_anycost_ops"] = sorted(ops, key=lambda o: (o.macs is None, o.macs or 0.0))
 
     def check_op(self, op: OperatingPoint) -> OperatingPoint:
+        """The point if this family can run its ``params``; a ``ValueError`` otherwise."""
         return op
 
     def find_op(self, name: str) -> OperatingPoint:
+        """The shipped point called ``name`` (a ``KeyError`` lists the names there are)."""
         for o in self.operating_points():
             if o.name == name:
                 return o
@@ -211,9 +219,11 @@ class DynamicModel(nn.Module):
     # per-point tensors (e.g. re-estimated BatchNorm statistics), stored by the zoo beside the
     # weights as "<point name>/<key>"; families that have none keep the empty default
     def op_state(self) -> dict[str, dict[str, Tensor]]:
+        """Per-point tensors, ``{point name: {key: tensor}}``; empty for most families."""
         return {}
 
     def load_op_state(self, state: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Put back tensors saved by :meth:`op_state` (the zoo does this on load)."""
         if state:
             raise ValueError(f"{type(self).__name__} keeps no per-point tensors, got {sorted(state)[:3]}")
 
@@ -324,6 +334,8 @@ class DynamicModel(nn.Module):
         raise NotImplementedError
 
     def export(self, op: OperatingPoint | str | None = None) -> nn.Module:  # pragma: no cover - abstract
+        """A standalone network for one point (not a Mixture), accepted by ``torch.jit.script``,
+        with ``infer``'s logits and per-input MACs."""
         raise NotImplementedError
 
     def _export_op(self, op) -> OperatingPoint:

@@ -121,6 +121,18 @@ def accuracy_at_macs(macs, acc, budget: float) -> float | None:
     return ys[-1]  # pragma: no cover
 
 
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % (z = 1.96) Wilson score interval, in percent, of an accuracy measured on ``n``
+    images. Wilson rather than the normal approximation: it stays inside [0, 100] near the
+    ends. ``n = 0`` (unknown) gives the whole range."""
+    if n <= 0:
+        return 0.0, 100.0
+    q = accuracy / 100.0
+    mid = (q + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(q * (1 - q) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100.0 * max(0.0, mid - half), 100.0 * min(1.0, mid + half)
+
+
 def macs_at_accuracy(macs, acc, target: float) -> float | None:
     """Fewest mean MACs that reach ``target`` accuracy on the frontier; None if unreachable."""
     xs, ys = _front_xy(macs, acc)

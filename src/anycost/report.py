@@ -10,6 +10,13 @@ from anycost.eval import TradeoffCurve
 from anycost.records import write_text_atomic
 
 
+def matches(method: str, pattern: str) -> bool:
+    """Glob match with ``|`` between alternatives: ``resnet?.cifar10|resnet??.cifar10``."""
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(method, g) for g in pattern.split("|"))
+
+
 def curves_table(curves: list[TradeoffCurve], frontier_only: bool = False) -> str:
     """One row per operating point (``frontier_only``: only each curve's Pareto points)."""
     lines = ["| method | operating point | top-1 (%) | top-5 (%) | mean MACs (M) | p95 MACs (M) | chosen on | measured on |",
@@ -64,14 +71,12 @@ def gap_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str])
     (all curves matching the group's glob merged into one frontier, interpolated linearly
     in MACs) and the gap in points. A group whose cheapest point costs more than the
     subject's point has no accuracy there ("below its range"): it is not reached, not beaten."""
-    from fnmatch import fnmatchcase
-
-    subj = [c for c in curves if fnmatchcase(c.method, subject)]
+    subj = [c for c in curves if matches(c.method, subject)]
     if not subj:
         raise ValueError(f"no curve matches '{subject}'; have: {', '.join(c.method for c in curves)}")
     fronts = {}
     for label, pattern in groups.items():
-        members = [c for c in curves if fnmatchcase(c.method, pattern) and c not in subj]
+        members = [c for c in curves if matches(c.method, pattern) and c not in subj]
         if not members:
             raise ValueError(f"group '{label}': no curve other than the subject's matches '{pattern}'")
         fronts[label] = TradeoffCurve.merge(label, members)
@@ -86,6 +91,58 @@ def gap_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str])
                 cells.append("below its range | -" if a is None else f"{a:.2f} | {p.accuracy - a:+.2f}")
             lines.append(f"| {c.method} | {p.operating_point.name} | {p.accuracy:.2f} | {p.macs_mean / 1e6:.2f} | "
                          f"{' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def headline_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str], reference: str,
+                   max_loss: float = 0.5) -> str:
+    """One row per curve matching the glob ``subject``: its cheapest point within
+    ``max_loss`` points of the ``reference`` curve's most accurate point (else its most
+    accurate point, marked "best"), with a 95 % Wilson interval, and each group's frontier
+    at the same mean MACs. "tie" when the two intervals overlap: on 2,500 images a
+    difference under about a point is not evidence."""
+    from anycost.curves import wilson_interval
+
+    ref = [c for c in curves if c.method == reference]
+    if not ref:
+        raise ValueError(f"no curve named '{reference}' in the records; have: {', '.join(c.method for c in curves)}")
+    ref_best = max(ref[0].points, key=lambda p: p.accuracy)
+    subj = [c for c in curves if matches(c.method, subject)]
+    if not subj:
+        raise ValueError(f"no curve matches '{subject}'; have: {', '.join(c.method for c in curves)}")
+    fronts = {}
+    for label, pattern in groups.items():
+        members = [c for c in curves if matches(c.method, pattern) and c not in subj]
+        if not members:
+            raise ValueError(f"group '{label}': no curve other than the subjects matches '{pattern}'")
+        fronts[label] = TradeoffCurve.merge(label, members)
+
+    def ci(p) -> str:
+        lo, hi = wilson_interval(p.accuracy, p.n)
+        return f"{p.accuracy:.2f} [{lo:.1f}, {hi:.1f}]"
+
+    head = " | ".join(f"{lab} at equal MACs (%) | gap (pt)" for lab in fronts)
+    lines = [f"Each curve's cheapest point within {max_loss:g} pt of `{reference}` ({ref_best.accuracy:.2f} %, "
+             f"{ref_best.macs_mean / 1e6:.1f} M MACs); top-1 with its 95 % interval; \"tie\" where the intervals overlap.", "",
+             f"| method | operating point | top-1 (%) [95 % CI] | mean MACs (M) | vs `{reference}` | measured on | {head} |",
+             "|---|---|---|---:|---:|---|" + "---:|---:|" * len(fronts)]
+    for c in subj:
+        ok = [p for p in c.points if p.accuracy >= ref_best.accuracy - max_loss - 1e-9]
+        p = min(ok, key=lambda p: p.macs_mean) if ok else max(c.points, key=lambda p: p.accuracy)
+        name = p.operating_point.name + ("" if ok else " (best)")
+        cells = []
+        for f in fronts.values():
+            a = f.accuracy_at(p.macs_mean)
+            if a is None:
+                cells.append("below its range | -")
+                continue
+            n_f = max((q.n for q in f.points), default=0)
+            lo, hi = wilson_interval(p.accuracy, p.n)
+            flo, fhi = wilson_interval(a, n_f)
+            verdict = "tie" if lo <= fhi and flo <= hi else ("above" if p.accuracy > a else "below")
+            cells.append(f"{a:.2f} | {p.accuracy - a:+.2f} ({verdict})")
+        lines.append(f"| {c.method} | {name} | {ci(p)} | {p.macs_mean / 1e6:.1f} | "
+                     f"{ref_best.macs_mean / p.macs_mean:.2f}x fewer | {c.measured_on or '?'} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -104,8 +161,8 @@ def bench_table(method: str, b: dict) -> str:
 
 def train_table(records: list[dict]) -> str:
     """Training runs: final validation accuracy, time and throughput, from train records."""
-    lines = ["| model | epochs | val top-1 (%) | val top-5 (%) | train time (min) | s / epoch (median) | img/s (median) | hardware |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| model | teacher | epochs | val top-1 (%) | val top-5 (%) | train time (min) | s / epoch (median) | img/s (median) | hardware |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in records:
         h = r["results"]["history"]
         fin = r["results"]["final"] or {}
@@ -114,7 +171,7 @@ def train_table(records: list[dict]) -> str:
         hw = r["hardware"]
         # a GPU run (hardware_info writes "gpu" only for CUDA devices) is timed on its GPU
         where = hw.get("gpu") or f"{hw['cpu']}, {hw['torch_threads']} thread{'s' if hw['torch_threads'] != 1 else ''}"
-        lines.append(f"| {r['config']['model']} | {len(h)} | {fin.get('val_acc', float('nan')):.2f} | "
+        lines.append(f"| {r['config']['model']} | {r['config'].get('teacher') or '-'} | {len(h)} | {fin.get('val_acc', float('nan')):.2f} | "
                      f"{fin.get('val_top5', float('nan')):.2f} | {r['results']['train_seconds'] / 60:.1f} | "
                      f"{secs[len(secs) // 2]:.0f} | {ips[len(ips) // 2]:.0f} | {where} |")
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 
 * SGD with Nesterov, one-cycle (linear warm-up, linear anneal) or cosine schedule, label
   smoothing, channels_last, optional ``torch.compile`` for the training step, optional
-  bfloat16 autocast (``amp="bf16"``: about 1.6x per ResNet-20 step on a 2-core AVX512-BF16
-  CPU; weights, optimizer state and evaluation stay float32, and bf16 needs no loss scaling).
+  bfloat16 autocast (``amp="bf16"``, for speed on CPUs that compute bf16 natively; weights,
+  optimizer state and evaluation stay float32, and bf16 needs no loss scaling). Measured
+  step times are in the docs (docs/training.md).
 * A family plugs in by giving its model ``training_loss(x, y, criterion, progress)``
   returning ``(loss, logits)``; plain classifiers use cross-entropy on ``model(x)``. A family
   that trains several networks in one step (the CNMM's sandwich rule) returns a tuple of
@@ -52,6 +53,22 @@ CKPT_FORMAT = "anycost-train-v1"
 
 @dataclass
 class TrainConfig:
+    """Every setting of a training run. A recipe (``anycost/recipes/*.json``) is a dict of
+    these fields; ``anycost train`` flags and ``--set KEY=VALUE`` override any of them, and the
+    resolved config goes into the run's ``record.json``.
+
+    * model: ``model`` (a registered name), ``model_kwargs``, ``seed``;
+    * data: ``dataset``, ``data_dir``, ``val_size``, ``split_seed``;
+    * optimisation: ``epochs``, ``batch_size`` (the global batch under ``torchrun``), ``lr``
+      (peak), ``lr_mult``, ``momentum``, ``nesterov``, ``weight_decay``, ``schedule``,
+      ``warmup``, ``label_smoothing``;
+    * augmentation: ``augment``, ``flip``, ``pad``, ``cutout``;
+    * speed: ``channels_last``, ``compile``, ``amp``, ``threads``, ``device``;
+    * starting point and teacher: ``init_from``, ``teacher``, ``distill``, ``distill_temp``;
+    * weight averaging: ``ema`` (per-step decay, 0: off), ``ema_warmup`` (steps before it starts);
+    * output: ``out_dir``, ``progress``, ``eval_batch_size``.
+    """
+
     model: str = "test_resnet"
     model_kwargs: dict = field(default_factory=dict)
     dataset: str = "digits"
@@ -75,7 +92,7 @@ class TrainConfig:
     pad: int | None = None  # crop padding; None: image side / 8 (4 px on CIFAR, 1 px on 8x8 digits)
     cutout: int = 0  # side of the square zeroed at a random place in each training image; 0: off
     channels_last: bool = True
-    compile: bool = False  # torch.compile the training step (measured no faster than eager on a 2-core CPU)
+    compile: bool = False  # torch.compile the training step (off by default: see docs/training.md)
     amp: str | None = None  # "bf16": bfloat16 autocast for the forward and loss; None: float32
     seed: int = 0
     device: str = "cpu"

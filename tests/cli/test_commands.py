@@ -77,7 +77,7 @@ def test_eval_val_plot_report_roundtrip(cifar_run, cifar_dir, tmp_path, capsys):
     assert main(["report", str(tmp_path / "v.json"), str(cifar_run / "record.json")]) == 0
     table = capsys.readouterr().out
     assert "| mean MACs (M) |" in table and "| val |" in table
-    assert "| resnet8 | 1 |" in table and "train time (min)" in table  # the training record's row
+    assert "| resnet8 | - | 1 |" in table and "train time (min)" in table  # the training record's row
 
     # --into rewrites only the marked block of a Markdown page, and names the command
     page = tmp_path / "README.md"

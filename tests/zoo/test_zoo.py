@@ -472,3 +472,24 @@ def test_save_model_and_build_cascade(tmp_path):
     save_model(c, "cascade.mine_cifar10", tmp_path)
     c2 = load("cascade.mine_cifar10", zoo_dir=tmp_path)
     assert c2.weights.members == ["resnet8.cpu30_cifar10", "resnet20.cpu30_cifar10"]
+
+
+def test_cli_eval_reads_a_zoo_dir_entry_and_verifies_its_hash(tmp_path, capsys, no_pickle, cifar_dir):
+    """`anycost eval NAME --zoo-dir DIR` finds an entry that only DIR has, verifies it by
+    sha256 and evaluates it; once the file is changed it is refused."""
+    import json as _json
+
+    from anycost.cli import main
+
+    src = anycost.load("resnet8.cpu30_cifar10")
+    w = src.weights.replace(name="resnet8.local_cifar10", tag="local_cifar10", aliases=[], default=False)
+    w2 = publish_entry(w, src.state_dict(), src.op_state(), directory=tmp_path / "zoo", url=None)
+    args = ["eval", "resnet8.local_cifar10", "--data-dir", str(cifar_dir), "--split", "test", "--no-record", "--json"]
+    assert main(args) == 2 and "resnet8.local_cifar10" in capsys.readouterr().err  # not in the default zoo
+    assert main(args + ["--zoo-dir", str(tmp_path / "zoo")]) == 0
+    out = _json.loads(capsys.readouterr().out)
+    assert out["checkpoint_sha256"] == w2.sha256 and out["n"] == 30
+    f = tmp_path / "zoo" / "resnet8.local_cifar10.safetensors"
+    f.write_bytes(f.read_bytes()[:-8] + b"\x00" * 8)
+    assert main(args + ["--zoo-dir", str(tmp_path / "zoo")]) == 2
+    assert "sha256" in capsys.readouterr().err

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="anycost", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        fromfile_prefix_chars="@",  # `anycost report @args.txt`: long record lists live in a file
         description="Networks whose inference cost is chosen at run time: train, calibrate, evaluate, "
                     "benchmark, export and plot accuracy against MACs.")
     p.add_argument("--version", action="version", version=f"anycost {__version__}")
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    a = parser.parse_args(raw)
+    a.argv = raw  # as typed (before @file expansion), for records and generated sections
     if not getattr(a, "func", None):
         parser.print_help()
         return 0

@@ -38,12 +38,12 @@ def label_globs(values: list[str], flag: str, example: str) -> dict[str, str]:
     return groups
 
 
-def load_model(spec: str, device: str = "cpu"):
+def load_model(spec: str, device: str = "cpu", zoo_dir: str | None = None):
     """(model in eval mode with its shipped operating points, its config: normalisation,
     input size, dataset, split, source and sha256)."""
     from anycost.zoo import resolve_model
 
-    model = resolve_model(spec)
+    model = resolve_model(spec, zoo_dir=zoo_dir)
     return model.to(device).eval(), dict(model.pretrained_cfg)
 
 
@@ -89,3 +89,7 @@ def set_threads(n: int | None) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def add_zoo_dir(p, what: str = "where zoo names are looked up first (else $ANYCOST_ZOO, the repository's zoo/, the cache)") -> None:
+    p.add_argument("--zoo-dir", help=f"zoo folder: {what}")

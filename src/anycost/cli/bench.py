@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ._common import EPILOG, eval_split, load_model, model_label, set_threads
+from ._common import EPILOG, eval_split, load_model, model_label, set_threads, add_zoo_dir
 from .eval import SPLITS
 
 HELP = "wall-clock latency (batch 1) and throughput per operating point"
@@ -17,6 +17,7 @@ def add(sub) -> None:
                                    "count; reports the realised speed-up against the full-cost setting next to "
                                    "the MAC reduction. Give --data-dir so dynamic models route on real images.")
     b.add_argument("model", help="zoo name, checkpoint .pt or run folder")
+    add_zoo_dir(b)
     b.add_argument("--data-dir")
     b.add_argument("--split", default="val", choices=SPLITS, help="which images to time on (with --data-dir)")
     b.add_argument("--batch-size", type=int, default=256, help="batch for throughput (default 256)")
@@ -40,7 +41,7 @@ def run(a) -> int:
     from anycost.report import bench_table
 
     set_threads(a.threads)
-    model, cfg = load_model(a.model, a.device)
+    model, cfg = load_model(a.model, a.device, a.zoo_dir)
     n = max(a.batch_size, a.latency_runs)
     ops = model.operating_points()
     if a.data_dir or cfg.get("dataset") == "digits":

@@ -25,7 +25,7 @@ def add(sub) -> None:
                         "mechanisms='[\"edges\"]' for a CNMM); see the family's candidate_operating_points")
     c.add_argument("--budget", type=float, help="also report what at_budget picks for this mean-MAC budget")
     c.add_argument("--save", metavar="ARCH.TAG", help="store the calibrated model under this name in --zoo-dir")
-    c.add_argument("--zoo-dir", help="zoo folder for --save")
+    c.add_argument("--zoo-dir", help="zoo folder: where zoo names are looked up first, and where --save writes")
     c.add_argument("--batch-size", type=int, default=500)
     c.add_argument("--device", default="cpu")
     c.add_argument("--record", help="record path (default runs/calibrate/NAME.json)")
@@ -50,7 +50,7 @@ def run(a) -> int:
         cfg = dict(model.pretrained_cfg)
         name = "cascade(" + ",".join(model_label(m) for m in a.cascade) + ")"
     elif a.model:
-        model, cfg = load_model(a.model, a.device)
+        model, cfg = load_model(a.model, a.device, a.zoo_dir)
         name = model_label(a.model)
     else:
         raise UserError("give a MODEL or --cascade M1 M2 ...")

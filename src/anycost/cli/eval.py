@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ._common import EPILOG, UserError, check_input_size, eval_split, load_model, model_label, set_threads
+from ._common import EPILOG, UserError, check_input_size, eval_split, load_model, model_label, set_threads, add_zoo_dir
 
 HELP = "measure accuracy and per-input MACs at every operating point"
 SPLITS = ["val", "calib", "holdout", "test", "train"]
@@ -17,6 +17,7 @@ def add(sub) -> None:
                                    "real routing: one point for a static model, one per shipped operating point for "
                                    "a dynamic one. Writes a JSON record.")
     e.add_argument("model", help="zoo name, checkpoint .pt or run folder")
+    add_zoo_dir(e)
     e.add_argument("--data-dir", help="dataset folder (CIFAR: the batches folder or its parent)")
     e.add_argument("--dataset", help="override the dataset the model was trained on")
     e.add_argument("--download", action="store_true", help="download CIFAR into --data-dir first (needs internet; never implicit)")
@@ -40,7 +41,7 @@ def run(a) -> int:
     from anycost.report import curves_table
 
     set_threads(a.threads)
-    model, cfg = load_model(a.model, a.device)
+    model, cfg = load_model(a.model, a.device, a.zoo_dir)
     if a.download:
         from anycost.data import download_cifar
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import EPILOG, UserError, load_model
+from ._common import EPILOG, UserError, load_model, add_zoo_dir
 
 HELP = "export one operating point as a standalone TorchScript or ONNX network"
 
@@ -16,6 +16,7 @@ def add(sub) -> None:
                                    "exits and cascades stop inside the module), ONNX where the point's control flow "
                                    "is static (a pruned CNMM, a fixed exit, a cascade member, a fixed-gate LC-Net).")
     x.add_argument("model", help="zoo name, checkpoint .pt or run folder")
+    add_zoo_dir(x)
     g = x.add_mutually_exclusive_group()
     g.add_argument("--op", help="operating point name (see `anycost eval MODEL`); default: the most expensive")
     g.add_argument("--budget", type=float, help="mean MACs per input; the best shipped point within it")
@@ -29,7 +30,7 @@ def run(a) -> int:
 
     from anycost.deploy import to_onnx, to_torchscript
 
-    model, cfg = load_model(a.model)
+    model, cfg = load_model(a.model, zoo_dir=a.zoo_dir)
     op = model.at_budget(a.budget, mix=False) if a.budget is not None else (model.find_op(a.op) if a.op else None)
     op = op or model.default_op()
     fmt = a.format or ("onnx" if Path(a.output).suffix == ".onnx" else "torchscript")

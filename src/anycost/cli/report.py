@@ -22,8 +22,11 @@ def add(sub) -> None:
     r.add_argument("--max-loss", type=float, nargs="+", default=[0.5, 1.0], metavar="PT",
                    help="with --summary: accuracy losses in points (default: 0.5 1.0)")
     r.add_argument("--gap", metavar="METHOD_GLOB", help="instead of every point: for each point of the curves "
-                   "matching this glob (e.g. 'lcnet_*'), the accuracy of each --gap-to group's frontier at equal "
+                   "matching this glob (e.g. 'lcnet_*'; '|' separates alternatives), the accuracy of each --gap-to group's frontier at equal "
                    "mean MACs (interpolated linearly) and the gap in points")
+    r.add_argument("--headline", action="store_true", help="with --gap and --reference: one row per curve, its "
+                   "cheapest point within the first --max-loss of the reference's accuracy (else its best point), "
+                   "with 95 %% intervals and a tie/above/below verdict against each --gap-to frontier")
     r.add_argument("--gap-to", metavar="LABEL=METHOD_GLOB", action="append", default=[],
                    help="with --gap, repeatable: a group of curves merged into one frontier, e.g. 'L-Net=lnet_*'")
     r.add_argument("--into", metavar="FILE", help="write the tables, and this command, between the "
@@ -35,10 +38,12 @@ def add(sub) -> None:
 def run(a) -> int:
     from anycost.plot import curves_from_record
     from anycost.records import RecordError, read_record
-    from anycost.report import bench_table, curves_table, gap_table, summary_table, train_table
+    from anycost.report import bench_table, curves_table, gap_table, headline_table, summary_table, train_table
 
-    if not a.summary and (a.reference or a.max_loss != [0.5, 1.0]):
-        raise UserError("--reference and --max-loss belong to --summary")
+    if not (a.summary or a.headline) and (a.reference or a.max_loss != [0.5, 1.0]):
+        raise UserError("--reference and --max-loss belong to --summary or --headline")
+    if a.headline and not (a.gap and a.reference):
+        raise UserError("--headline needs --gap METHOD_GLOB, --gap-to LABEL=METHOD_GLOB and --reference METHOD")
     if bool(a.gap) != bool(a.gap_to):
         raise UserError("--gap METHOD_GLOB needs at least one --gap-to LABEL=METHOD_GLOB, and the reverse")
     groups = label_globs(a.gap_to, "--gap-to", "L-Net=lnet_*")
@@ -54,7 +59,9 @@ def run(a) -> int:
             raise RecordError(f"{p}: record has neither a curve, a benchmark nor a training history")
         curves.extend(found)
     parts = [train_table(trains)] if trains else []
-    if curves and a.gap:
+    if curves and a.headline:
+        parts.append(headline_table(curves, a.gap, groups, a.reference, a.max_loss[0]))
+    elif curves and a.gap:
         parts.append(gap_table(curves, a.gap, groups))
     elif curves and a.summary:
         parts.append(summary_table(curves, a.reference, a.max_loss))
@@ -66,10 +73,13 @@ def run(a) -> int:
         from anycost.report import replace_section
 
         opts = (["--frontier"] if a.frontier else []) + (["--summary"] if a.summary else [])
+        opts += ["--headline"] if a.headline else []
         opts += (["--reference", a.reference] if a.reference else [])
-        opts += (["--max-loss", *map(str, a.max_loss)] if a.summary and a.max_loss != [0.5, 1.0] else [])
+        opts += (["--max-loss", *map(str, a.max_loss)] if (a.summary or a.headline) and a.max_loss != [0.5, 1.0] else [])
         opts += (["--gap", a.gap] + [x for g in a.gap_to for x in ("--gap-to", g)] if a.gap else [])
-        cmd = shlex.join(["anycost", "report", *a.records, *opts, "--into", a.into, "--section", a.section])
+        typed = [x for x in getattr(a, "argv", []) if x != "--traceback"]
+        cmd = shlex.join(["anycost", *typed]) if typed else \
+            shlex.join(["anycost", "report", *a.records, *opts, "--into", a.into, "--section", a.section])
         replace_section(a.into, a.section, f"_Generated from records by `{cmd}`._\n\n{text}")
         print(f"wrote section '{a.section}' of {a.into}")
     else:

@@ -10,8 +10,8 @@ Our design where the paper's abstract is silent:
   conv-BN-ReLU layers that double the channels until the map has the last stage's size
   and width, one more conv-BN-ReLU there, then pooling -> linear. An exit early in the
   backbone then sees features processed about as deeply as a small static network's,
-  for about one residual block's MACs (why: on a frozen ResNet-56, a light head after
-  block 2 is right on 55 % of inputs, which leaves nothing to exit early);
+  for about one residual block's MACs (why: a light head on early, frozen features is
+  right too rarely for many inputs to exit there; results in docs/families/early-exit.md);
 * ``infer(x, op)`` really exits: after each exit the policy decides, the inputs that stop
   leave the batch, and only the rest run on (:class:`~anycost.models.exits.ExitRuntime`,
   the same network ``export(op)`` returns). Per-input MACs are the blocks and heads an
@@ -122,8 +122,9 @@ class _MultiExitBase(ExitPolicyModel):
                 losses[i] = (1 - alpha) * losses[i] + alpha * distillation_loss(o, teacher, t)
         # a plain weighted sum, not a weighted mean: the last exit's loss keeps the weight (1)
         # it has in a static network, so the recipe's learning rate and weight decay mean the
-        # same. (Dividing by sum(w) ~ 4 cut the backbone's data gradient 4x against a fixed
-        # weight decay: a joint ResNet-20 then underfit, 82.7 % train / 81.0 % val accuracy.)
+        # same. (Dividing by sum(w), about 4, shrinks the backbone's data gradient by that
+        # factor against a fixed weight decay, and a joint ResNet-20 underfit; see
+        # docs/families/early-exit.md.)
         return sum(wi * li for wi, li in zip(self.exit_weights, losses))
 
     def set_mode(self, mode: str) -> None:

@@ -88,8 +88,8 @@ class CifarResNet(StaticNet):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         # Optionally zero-init the last BN of each residual branch (every block starts as
-        # identity; Goyal et al. 2017). Off by default: measured on CIFAR-10 with the cpu
-        # recipe, it slows a ResNet-20 by about 1.5 epochs (epoch-3 val 53.1 % vs 63.4 %).
+        # identity; Goyal et al. 2017). Off by default: with the short CIFAR-10 schedules it
+        # slowed early training (measurement in docs/training.md).
         for m in self.modules():
             if zero_init_residual and isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)

@@ -240,16 +240,17 @@ def load_model_file(path: str | os.PathLike, **kwargs) -> nn.Module:
     return build(w, ck["model"], {}, str(path), file_sha256(path), **kwargs)
 
 
-def resolve_model(spec: str | os.PathLike, **kwargs) -> nn.Module:
-    """A file or run folder (see :func:`load_model_file`), else a zoo name or alias."""
+def resolve_model(spec: str | os.PathLike, zoo_dir: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """A file or run folder (see :func:`load_model_file`), else a zoo name or alias (looked
+    up in ``zoo_dir`` first when given)."""
     p = Path(spec)
     if p.exists():
         return load_model_file(p, **kwargs)
     try:
-        get_weights(str(spec))
+        get_weights(str(spec), zoo_dir)
     except KeyError as e:
         raise KeyError(f"'{spec}' is neither a file, a run folder nor a zoo entry: {e.args[0]}") from None
-    return load(str(spec), **kwargs)
+    return load(str(spec), zoo_dir=zoo_dir, **kwargs)
 
 
 # ---------------------------------------------------------------------------- writing

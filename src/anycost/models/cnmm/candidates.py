@@ -67,7 +67,7 @@ def bn_statistics_loader(data: SplitData, mean, std, *, augment: bool = True, tr
 
 
 def point_name(mechanism: str, fraction: float, bn: bool) -> str:
-    """"edges 50%", "greedy+bn 12.5%": distinct fractions give distinct names."""
+    """E.g. "edges 50%" or "greedy+bn 25%": distinct fractions give distinct names."""
     return f"{mechanism}{'+bn' if bn else ''} {100 * fraction:g}%"
 
 

@@ -9,7 +9,8 @@ from .residual import ResCNMM
 
 @register_model(family="cnmm")
 def cnmm_d8(**kw):
-    """Depth-8, three-scale grid at widths (16, 32, 64) for 32x32 inputs."""
+    """Depth-8, three-scale grid at widths (16, 32, 64) for 32x32 inputs (32 edges, 28
+    input-to-output paths; all edges: 59.4 M MACs; the cheapest path: 17.0 M)."""
     return CNMM(depth=8, **kw)
 
 
@@ -21,7 +22,7 @@ def cnmm_d12(**kw):
 @register_model(family="cnmm")
 def cnmm_r6(**kw):
     """Residual grid, depth 6, three scales at widths (16, 32, 64) for 32x32 inputs (all
-    edges: 92 M MACs; the cheapest network, stem and two diagonal edges: 7.6 M)."""
+    edges: 92 M MACs; the cheapest network, stem and two diagonal edges: 7.5 M)."""
     return ResCNMM(depth=6, **kw)
 
 

@@ -4,7 +4,8 @@ Networks", 2020).
 
 From the abstract: two compact networks predict, per input, which layers and which
 filters are redundant, and how to scale the computation that is kept; LC-Net combines
-both. Everything else is **our design**:
+both. Everything else is **our design** (the docs page ``docs/families/lcnet.md`` has the
+rationale and the measurements):
 
 * One predictor per residual block: the block input, global-average-pooled, into a tiny
   MLP (C_in -> 16 -> outputs). L-Net outputs a skip/execute logit and a scale ``1 + tanh``
@@ -14,19 +15,19 @@ both. Everything else is **our design**:
 * Training: hard decisions in the forward pass with a straight-through Gumbel-sigmoid
   estimator; loss = cross-entropy + ``lam * relu(E[MACs] / MACs_full - target) ** 2``, where the
   expectation uses the keep probabilities and includes the predictors' own MACs. Training
-  starts from a trained zoo ResNet (``--init-from resnet20.cifar10``) or from scratch.
+  starts from a trained zoo ResNet (``--init-from``) or from scratch.
   ``penalty="example"`` (default) applies the hinge per input; ``penalty="batch"`` to the
-  batch mean only, which leaves room for per-input differences (see the README's findings).
+  batch mean only, which leaves room for per-input differences.
   ``target_ramp=r`` slides the target from 1 to ``target`` over the first r of training.
-  ``channel_init`` is the channel gates' initial keep logit (3: kept for 95 % of training
-  draws); a lower one (1.5: 82 %) gives the cost penalty ~3x the gradient on them and
-  trains the backbone with channels dropped from the start.
+  ``channel_init`` is the channel gates' initial keep logit (3: kept in sigmoid(3) ~ 95 %
+  of training draws); a lower one (1.5: ~82 %) gives the cost penalty ~3x the gradient on
+  them and trains the backbone with channels dropped from the start.
   ``channel_target=c`` adds a second squared hinge, ``channel_lam * relu(kept - c) ** 2``, on
   the share of the *executed* blocks' MACs that the channel gates keep (block execution
   probabilities detached, so it never pays to skip a block to dodge it). The MAC hinge alone
-  prices a channel at 1/C of its block, so the layer gates met every budget and executed
-  blocks kept all their channels (our staged ResNet-56 LC-Net); this prices channels against
-  their own block, with the layer/channel split set by the user.
+  prices a channel at 1/C of its block, so the layer gates can meet the budget while the
+  executed blocks keep every channel; this hinge prices channels against their own block,
+  with the layer/channel split set by the user.
 * Budget-conditioned (beyond the paper): the predictors also see the target budget; each
   training example draws its target uniformly in ``[budget_min, 1]`` and is penalised
   against it, so one model serves every budget at inference (the budget is in the

@@ -182,13 +182,13 @@ class LCResNet(DynamicModel):
 
     @torch.no_grad()
     def init_from_trained(self, src: "LCResNet") -> None:
-        """Start from a trained LC-Net family member, e.g. an LC-Net from a trained L-Net (our
-        staged training: joint training let the layer gates take the whole budget and left
-        every channel on). The backbone and each predictor's hidden layer carry over whole;
-        the output rows carry over for the decisions both models make (layer rows, channel
-        rows); the new rows keep their "execute everything" biases with zero weights, so the
-        new model starts as the source model (fc1 still gets gradients through the carried
-        rows). Same flags: a plain strict load."""
+        """Start from a trained LC-Net family member, e.g. an LC-Net from a trained L-Net
+        (staged training: channel gates are added to trained layer gates instead of being
+        trained jointly with them). The backbone and each predictor's hidden layer carry
+        over whole; the output rows carry over for the decisions both models make (layer
+        rows, channel rows); the new rows keep their "execute everything" biases with zero
+        weights, so the new model starts as the source model (fc1 still gets gradients
+        through the carried rows). Same flags: a plain strict load."""
         from anycost.checkpoint import CheckpointError, load_state_dict_strict
 
         if (src.layers, src.channels) == (self.layers, self.channels) or src.conditioned != self.conditioned:
@@ -268,8 +268,8 @@ class LCResNet(DynamicModel):
     def ramped(self, target: Tensor, progress: float) -> Tensor:
         """The budget in force at ``progress`` (fraction of training done): with ``target_ramp``
         r > 0 it slides linearly from 1 (the whole backbone) to ``target`` over the first r of
-        training, so a trained backbone gives up blocks gradually: a full-strength penalty on a
-        ~100 % overshoot shuts most gates in the first steps."""
+        training, so a trained backbone gives up blocks gradually instead of meeting a
+        full-strength penalty on its whole overshoot in the first steps."""
         if self.target_ramp <= 0:
             return target
         return 1.0 - (1.0 - target) * min(1.0, progress / self.target_ramp)
@@ -285,9 +285,9 @@ class LCResNet(DynamicModel):
         ratio = exp / self.full_macs
         # squared hinge: the push grows with the overshoot, so inputs with small budgets are
         # pushed harder than inputs with large ones (what lets a conditioned model tell them apart).
-        # "example": every input must meet its budget, which on CIFAR-10 drove every gate to one
-        # input-independent decision; "batch": only the batch mean must, so easy inputs may pay
-        # for hard ones (the budget is a mean-MAC budget at inference too)
+        # "example": every input must meet its budget by itself, which favours one decision for
+        # all inputs; "batch": only the batch mean must, so easy inputs may pay for hard ones
+        # (the budget is a mean-MAC budget at inference too)
         over = ratio - target  # (B,)
         pen = F.relu(over).pow(2).mean() if self.penalty == "example" else F.relu(over.mean()).pow(2)
         c_pen = 0.0
@@ -594,11 +594,11 @@ class LCResNet(DynamicModel):
 
     def _infer_one(self, x: Tensor, s: Setting) -> DynamicOutput:
         """Batch 1: plain control flow instead of gather/scatter and mask grouping, whose index
-        bookkeeping costs more than small convolutions. Each block reads its predictor's
-        output once (``tolist``) and decides in Python; kept channels run as weight-sliced
-        convolutions (the whole weight when every channel is kept). Same decisions, logits
-        and MACs as the batched path: the float32 logits, as Python floats, are compared with
-        the float32 threshold."""
+        bookkeeping can cost more than the small convolutions it saves. Each block reads its
+        predictor's output once (``tolist``) and decides in Python; kept channels run as
+        weight-sliced convolutions (the whole weight when every channel is kept). Same
+        decisions, logits and MACs as the batched path: the float32 logits, as Python floats,
+        are compared with the float32 threshold."""
         all_, thr = s.execute_all, s.thr
         macs = float(self.always_macs)
         skipped = 0
