@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from anycost.bench import BenchConfig, bench_model
@@ -8,6 +9,7 @@ from anycost.plot import load_curves, plot_speedups
 from toy import TwoStage
 
 
+@pytest.mark.filterwarnings("ignore:unsteady timings")  # tiny models time noisily; the numbers are not the point
 def test_bench_dynamic_points_report_mac_reduction(tmp_path):
     m = TwoStage()
     res = bench_model(m, torch.randn(32, 1, 8, 8), cfg=BenchConfig(batch_size=16, latency_runs=4, throughput_batches=2, warmup=1))
@@ -18,8 +20,15 @@ def test_bench_dynamic_points_report_mac_reduction(tmp_path):
     assert by["half"]["macs_mean_batched"] == (full + cheap) / 2
     for r in res["points"]:
         assert r["realised_fraction_batched"] == r["speedup_batched"] / r["mac_reduction"]
-        rounds = sorted(r["throughput_img_s_rounds"])  # default: 3 rounds, the median one counts
-        assert len(rounds) == 3 and r["throughput_img_s"] == rounds[1]
+        rounds = sorted(r["throughput_img_s_rounds"])  # default: 5 rounds, the median one counts
+        assert len(rounds) == 5 and r["throughput_img_s"] == rounds[2]
+        lat = sorted(r["latency_ms_rounds"])
+        assert r["latency_ms_p50"] == lat[2]
+        lo, hi = r["speedup_batched_range"]
+        assert lo <= r["speedup_batched"] * (1 + 1e-9) and r["speedup_batched"] <= hi * (1 + 1e-9)
+        assert r["throughput_spread"] == (rounds[-1] - rounds[0]) / rounds[2]
+    assert res["machine"]["threads"] == res["threads"] and res["machine"]["torch"] == torch.__version__
+    assert "cpu" in res["machine"] and isinstance(res["unsteady"], list)
     out = plot_speedups({"toy": res}, tmp_path / "s.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
 
@@ -38,3 +47,49 @@ def test_demo_runs_and_writes_table_record_plot(tmp_path, capsys):
     # every dynamic model ships several calibrated points, measured with real routing
     assert all(len(c.points) >= 2 for c in curves if c.family != "static ResNet")
     assert json.loads((tmp_path / "demo_record.json").read_text())["kind"] == "demo"
+
+
+@pytest.mark.filterwarnings("ignore:unsteady timings")
+def test_bench_interleaves_rounds_in_alternating_order_and_fixes_threads(monkeypatch):
+    """Every round visits every point, forwards then backwards; the thread count is fixed
+    for the run and restored after it."""
+    m = TwoStage()
+    seen = []
+    infer = type(m).infer
+
+    def spy(self, x, op=None, generator=None):
+        if x.shape[0] == 16:  # batched calls only
+            seen.append(op.name if hasattr(op, "name") else op)
+        return infer(self, x, op, generator)
+
+    monkeypatch.setattr(type(m), "infer", spy)
+    ops = m.operating_points()
+    before = torch.get_num_threads()
+    res = bench_model(m, torch.randn(32, 1, 8, 8), ops,
+                      BenchConfig(batch_size=16, latency_runs=4, throughput_batches=1, warmup=0, rounds=2, threads=1))
+    assert res["threads"] == 1 and torch.get_num_threads() == before
+    names = [o.name for o in ops]
+    timed = seen[len(names):]  # after one warm-up batch per point
+    assert timed == names + names[::-1]
+    with pytest.raises(ValueError, match="rounds"):
+        BenchConfig(rounds=0)
+
+
+def test_unsteady_timings_warn(monkeypatch):
+    import pytest
+
+    import anycost.bench as bench
+
+    # a clock that makes every other round ten times slower
+    state = {"t": 0.0, "n": 0}
+
+    def fake():
+        state["n"] += 1
+        state["t"] += 1.0 if (state["n"] // 40) % 2 == 0 else 10.0
+        return state["t"]
+
+    monkeypatch.setattr(bench.time, "perf_counter", fake)
+    with pytest.warns(UserWarning, match="unsteady timings"):
+        res = bench_model(TwoStage(), torch.randn(32, 1, 8, 8),
+                          cfg=BenchConfig(batch_size=16, latency_runs=4, throughput_batches=1, warmup=0, rounds=4))
+    assert res["unsteady"] and all(u["spread"] > 0.2 for u in res["unsteady"])

@@ -213,3 +213,69 @@ def test_headline_table_one_row_per_curve_with_intervals_and_verdicts():
     assert "below its range" in headline_table([ref, small, cheap], "dyn_*", {"static": "ref*"}, "ref56")
     with pytest.raises(ValueError, match="no curve named"):
         headline_table([near], "dyn_*", {"static": "ref*"}, "missing")
+
+
+@pytest.fixture(scope="module")
+def calibrated_exits():
+    from anycost.data import load_dataset
+    from anycost.models import create_model
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    m = create_model("test_ee_resnet", num_classes=10, in_chans=1)
+    m.calibrate(data, "calib", batch_size=128)
+    return m, data
+
+
+def test_evaluate_curve_fast_path_equals_real_routing_and_is_checked(calibrated_exits, monkeypatch):
+    from anycost.eval import RoutingMismatch, evaluate_curve, fast_path
+
+    m, data = calibrated_exits
+    ds = data.get("holdout")
+    assert fast_path(m) and not fast_path(create_model_static())
+    fast = evaluate_curve(m, ds, data.mean, data.std, verify=40)
+    real = evaluate_curve(m, ds, data.mean, data.std, real_routing=True)
+    assert [p.accuracy for p in fast.points] == [p.accuracy for p in real.points]
+    assert [p.macs_mean for p in fast.points] == pytest.approx([p.macs_mean for p in real.points], rel=1e-12)
+    assert [p.path_fractions for p in fast.points] == [p.path_fractions for p in real.points]
+
+    calls = []
+    real_routed = type(m).routed_outputs
+
+    def spy(self, ds_, *a, **k):
+        calls.append(len(ds_.labels))
+        yield from real_routed(self, ds_, *a, **k)
+
+    monkeypatch.setattr(type(m), "routed_outputs", spy)
+    evaluate_curve(m, ds, data.mean, data.std, verify=40)
+    assert calls == [40]  # the verification sample only, spread over the split
+    calls.clear()
+    evaluate_curve(m, ds, data.mean, data.std, verify=0)
+    assert calls == []
+    monkeypatch.setattr(type(m), "routed_outputs", real_routed)
+
+    # a fast path that charges the wrong MACs, or routes wrongly, is caught
+    sim = type(m).simulate
+
+    def cheap(self, cache, op):
+        code, macs = sim(self, cache, op)
+        return code, macs * 0.9
+
+    monkeypatch.setattr(type(m), "simulate", cheap)
+    with pytest.raises(RoutingMismatch, match="per-input MACs"):
+        evaluate_curve(m, ds, data.mean, data.std, verify=40)
+
+    def misroute(self, cache, op):
+        code, macs = sim(self, cache, op)
+        return torch.zeros_like(code), macs
+
+    monkeypatch.setattr(type(m), "simulate", misroute)
+    if any(p.path_fractions and p.path_fractions[0] < 1 for p in real.points):
+        with pytest.raises(RoutingMismatch, match="routes"):
+            evaluate_curve(m, ds, data.mean, data.std, verify=40)
+
+
+def create_model_static():
+    from anycost.models import create_model
+
+    return create_model("test_resnet", num_classes=10, in_chans=1)

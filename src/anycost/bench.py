@@ -1,35 +1,50 @@
-"""Wall-clock benchmark: batch-1 latency (p50, p95) and batched throughput per operating
-point, next to the MAC reduction, so the realised speed-up can be compared with the
-promised one.
+"""Wall-clock benchmark: batch-1 latency and batched throughput per operating point, next
+to the MAC reduction, so the realised speed-up can be compared with the promised one.
 
-Method: a fixed thread count, ``torch.inference_mode``, warm-up runs before timing, real
-inputs (dynamic models route on content, so noise would lie about their cost), and the
-hardware in the record. The "full" setting is the operating point with the most MACs;
-for a static model the speed-up is 1.0 by construction.
+Method, chosen so that two runs agree: a fixed thread count, ``torch.inference_mode``,
+warm-up before timing, real inputs (dynamic models route on content, so noise would lie
+about their cost), and timing in interleaved rounds that visit every point in turn, in
+alternating order. A slow spell of a shared machine then hits every point alike; each
+figure is the median over rounds, its spread is the relative range of the round medians,
+and a speed-up is the ratio of medians, with the range of the per-round ratios. The
+"full" setting is the point with the most MACs (a static model's speed-up is 1.0).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from anycost.models.static import as_dynamic
 from anycost.eval import OperatingPoint
+from anycost.models.static import as_dynamic
+from anycost.records import hardware_info
+
+UNSTEADY = 0.20  # a spread over this (relative range of round medians) is reported as unsteady
 
 
 @dataclass
 class BenchConfig:
     batch_size: int = 256
-    latency_runs: int = 100  # batch-1 calls timed per operating point
+    latency_runs: int = 100  # batch-1 calls timed per operating point, spread over the rounds
     throughput_batches: int = 5  # full batches timed per operating point and round
-    rounds: int = 3  # batched timing rounds, round-robin over the points; the median counts
-    warmup: int = 10
-    threads: int | None = None
+    rounds: int = 5  # interleaved rounds over all points; medians over rounds count
+    warmup: int = 10  # untimed batch-1 calls per point before the first round (batched: a fifth)
+    threads: int | None = None  # None: the current torch thread count, fixed for the whole run
+
+    def __post_init__(self):
+        for k in ("batch_size", "latency_runs", "throughput_batches", "rounds"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
+                raise ValueError(f"bench {k} must be a positive integer, got {getattr(self, k)!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"bench warmup must be an integer >= 0, got {self.warmup!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"bench threads must be a positive integer, got {self.threads!r}")
 
 
 def _sync(device: torch.device):
@@ -37,68 +52,118 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+def spread(values: list[float]) -> float:
+    """Relative range of repeated measurements: (max - min) / median (0 for one value)."""
+    if len(values) < 2:
+        return 0.0
+    med = statistics.median(values)
+    return (max(values) - min(values)) / med if med > 0 else float("inf")
+
+
 @torch.inference_mode()
 def bench_model(model: nn.Module, images: Tensor, ops: list[OperatingPoint] | None = None,
                 cfg: BenchConfig | None = None) -> dict:
     """``images``: normalised float inputs (N, C, H, W) on the model's device, N >= batch_size
-    preferred (cycled otherwise). Returns per-point latency, throughput, MACs and speed-ups."""
+    preferred (cycled otherwise). Returns per-point latency, throughput, MACs and speed-ups
+    (medians over rounds, with spreads), the machine, and which figures were unsteady."""
     cfg = cfg or BenchConfig()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads or before)  # fixed for the run, recorded below
+    try:
+        return _bench(model, images, ops, cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench(model: nn.Module, images: Tensor, ops, cfg: BenchConfig) -> dict:
     model.eval()
     dyn = as_dynamic(model, tuple(images.shape[1:]))
     ops = ops or dyn.operating_points()
-    dev = images.device
-    n = images.shape[0]
-    rows = []
-    for op in ops:
-        # batch 1: cycle through real images so routing sees real content
-        for i in range(cfg.warmup):
-            dyn.infer(images[i % n: i % n + 1], op)
-        lat, macs1 = [], []
-        for i in range(cfg.latency_runs):
-            x = images[i % n: i % n + 1]
-            _sync(dev)
-            t0 = time.perf_counter()
-            out = dyn.infer(x, op)
-            _sync(dev)
-            lat.append(time.perf_counter() - t0)
-            macs1.append(float(out.macs.sum()))
-        lat_sorted = sorted(lat)
-        rows.append({
-            "operating_point": op.to_dict(),
-            "latency_ms_p50": 1e3 * statistics.median(lat),
-            "latency_ms_p95": 1e3 * lat_sorted[min(len(lat) - 1, int(0.95 * len(lat)))],
-            "macs_mean_batch1": sum(macs1) / len(macs1),
-        })
-    # batched throughput, in rounds that visit every point in turn: a slow spell of a shared
-    # machine then hits all points alike instead of one, and the median round counts
+    dev, n = images.device, images.shape[0]
     bs = min(cfg.batch_size, n)
     batches = [images[(j * bs) % n:(j * bs) % n + bs] for j in range(cfg.throughput_batches)]
     batches = [b if b.shape[0] == bs else images[:bs] for b in batches]
-    times = [[] for _ in ops]
-    for _ in range(max(1, cfg.rounds)):
-        for k, op in enumerate(ops):
-            for _ in range(max(1, cfg.warmup // 5)):
-                dyn.infer(batches[0], op)
+    per_round = max(1, cfg.latency_runs // cfg.rounds)
+
+    for op in ops:  # warm-up: allocator, kernels and caches see every point before timing starts
+        for i in range(cfg.warmup):
+            dyn.infer(images[i % n: i % n + 1], op)
+        for _ in range(max(1, cfg.warmup // 5)):
+            dyn.infer(batches[0], op)
+
+    lat = [[] for _ in ops]  # every batch-1 call, seconds
+    lat_rounds = [[] for _ in ops]  # median per round
+    thr_rounds = [[] for _ in ops]  # images / s per round
+    macs1 = [0.0 for _ in ops]
+    macs_b = [0.0 for _ in ops]
+    for r in range(cfg.rounds):
+        order = list(range(len(ops))) if r % 2 == 0 else list(reversed(range(len(ops))))
+        for k in order:
+            op, calls = ops[k], []
+            for i in range(r * per_round, (r + 1) * per_round):  # the same images for every point
+                x = images[i % n: i % n + 1]
+                _sync(dev)
+                t0 = time.perf_counter()
+                out = dyn.infer(x, op)
+                _sync(dev)
+                calls.append(time.perf_counter() - t0)
+                macs1[k] += float(out.macs.sum())
+            lat[k] += calls
+            lat_rounds[k].append(statistics.median(calls))
             _sync(dev)
             t0 = time.perf_counter()
-            macs_b = 0.0
+            m = 0.0
             for b in batches:
-                macs_b += float(dyn.infer(b, op).macs.sum())
+                m += float(dyn.infer(b, op).macs.sum())
             _sync(dev)
-            times[k].append(time.perf_counter() - t0)
-            rows[k]["macs_mean_batched"] = macs_b / (bs * len(batches))
-    for r, t in zip(rows, times):
-        r.update(throughput_img_s=bs * len(batches) / statistics.median(t), batch_size=bs,
-                 throughput_img_s_rounds=[bs * len(batches) / x for x in t])
-    full = max(rows, key=lambda r: r["macs_mean_batched"])
-    for r in rows:
+            thr_rounds[k].append(bs * len(batches) / (time.perf_counter() - t0))
+            macs_b[k] = m / (bs * len(batches))
+
+    rows = []
+    for k, op in enumerate(ops):
+        s = sorted(lat[k])
+        rows.append({
+            "operating_point": op.to_dict(),
+            "latency_ms_p50": 1e3 * statistics.median(lat_rounds[k]),
+            "latency_ms_p95": 1e3 * s[min(len(s) - 1, int(0.95 * len(s)))],
+            "latency_ms_rounds": [1e3 * t for t in lat_rounds[k]],
+            "latency_spread": spread(lat_rounds[k]),
+            "macs_mean_batch1": macs1[k] / len(lat[k]),
+            "throughput_img_s": statistics.median(thr_rounds[k]),
+            "throughput_img_s_rounds": thr_rounds[k],
+            "throughput_spread": spread(thr_rounds[k]),
+            "macs_mean_batched": macs_b[k],
+            "batch_size": bs,
+        })
+    f = max(range(len(rows)), key=lambda k: rows[k]["macs_mean_batched"])
+    full = rows[f]
+    unsteady = []
+    for k, r in enumerate(rows):
         r["mac_reduction"] = full["macs_mean_batched"] / r["macs_mean_batched"]
+        # ratios of medians; the per-round ratios give their range
         r["speedup_batch1"] = full["latency_ms_p50"] / r["latency_ms_p50"]
         r["speedup_batched"] = r["throughput_img_s"] / full["throughput_img_s"]
+        b1 = [a / b for a, b in zip(lat_rounds[f], lat_rounds[k])]
+        bb = [a / b for a, b in zip(thr_rounds[k], thr_rounds[f])]
+        r["speedup_batch1_range"] = [min(b1), max(b1)]
+        r["speedup_batched_range"] = [min(bb), max(bb)]
         # 1.0 means the wall clock delivers every MAC saved; < 1 means overheads eat part of it
         r["realised_fraction_batch1"] = r["speedup_batch1"] / r["mac_reduction"]
         r["realised_fraction_batched"] = r["speedup_batched"] / r["mac_reduction"]
-    return {"threads": torch.get_num_threads(), "device": str(dev), "config": cfg.__dict__, "points": rows,
-            "full_point": full["operating_point"]}
+        for what in ("latency_spread", "throughput_spread"):
+            if r[what] > UNSTEADY:
+                unsteady.append({"operating_point": op_name(r), "figure": what, "spread": r[what]})
+    if unsteady:
+        worst = max(unsteady, key=lambda u: u["spread"])
+        warnings.warn(f"unsteady timings: {len(unsteady)} figure(s) spread over {UNSTEADY:.0%} across rounds (worst: "
+                      f"{worst['figure']} of '{worst['operating_point']}', {worst['spread']:.0%}); the machine was "
+                      "busy or throttling: rerun on a quiet machine or with more rounds", stacklevel=3)
+    hw = hardware_info(dev)
+    return {"threads": torch.get_num_threads(), "device": str(dev), "config": asdict(cfg), "points": rows,
+            "full_point": full["operating_point"], "unsteady": unsteady,
+            "machine": {"cpu": hw["cpu"], "cpu_count": hw["cpu_count"], "threads": torch.get_num_threads(),
+                        "torch": hw["torch"], **({"gpu": hw["gpu"]} if "gpu" in hw else {})}}
+
+
+def op_name(row: dict) -> str:
+    return row["operating_point"].get("name", "?")

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 __all__ = ["OperatingPoint", "Mixture", "DynamicOutput", "DynamicModel", "BudgetError", "pareto_indices",
-           "pareto_subset", "normalised", "progress_bar"]
+           "pareto_subset", "normalised", "batches", "progress_bar"]
 
 
 class BudgetError(ValueError):
@@ -264,6 +264,34 @@ class DynamicModel(nn.Module):
             out.append(op.measured(macs / len(y_all), 100.0 * correct / len(y_all), split))
         return out
 
+    @torch.no_grad()
+    def outputs(self, ds, mean, std, ops: list[OperatingPoint], batch_size: int = 500,
+                progress: bool = False) -> Iterator[tuple[OperatingPoint, DynamicOutput]]:
+        """Each point's outputs over a whole split (logits, per-input MACs, path) in ``ops``
+        order, from real routed ``infer`` calls: one streamed pass per point, nothing kept but
+        logits. Families with an exact cheaper way override it (multi-exit models and
+        cascades run every input once through every exit and replay each point's routing);
+        :meth:`routed_outputs` stays the reference such overrides are checked against."""
+        yield from self.routed_outputs(ds, mean, std, ops, batch_size, progress)
+
+    @torch.no_grad()
+    def routed_outputs(self, ds, mean, std, ops: list[OperatingPoint], batch_size: int = 500,
+                       progress: bool = False) -> Iterator[tuple[OperatingPoint, DynamicOutput]]:
+        """:meth:`outputs` by real routing, whatever the family."""
+        dev = _param_device(self)
+        n_batches = -(-len(ds.labels) // batch_size)
+        bar = _bar(progress, len(ops) * n_batches, "routed pass")
+        for op in ops:
+            op = self.check_op(op)
+            parts = []
+            for x, _ in batches(ds, mean, std, batch_size, dev):
+                o = self.infer(x, op)
+                parts.append(DynamicOutput(o.logits.float().cpu(), o.macs.double().cpu(),
+                                           None if o.path is None else o.path.cpu(), o.num_paths))
+                bar.update(1)
+            yield op, _cat(parts)
+        bar.close()
+
     # ------------------------------------------------------------------ budget
 
     def at_budget(self, macs: float, mix: bool = True) -> OperatingPoint | Mixture:
@@ -352,6 +380,45 @@ def normalised(ds, mean, std) -> tuple[Tensor, Tensor]:
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (ds.images.float() / 255.0 - m) / s, ds.labels
+
+
+def batches(ds, mean, std, batch_size: int, device=None) -> Iterator[tuple[Tensor, Tensor]]:
+    """A split in order as normalised float batches: only one batch is ever converted, so a
+    large split costs its uint8 images, not four times that."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    for i in range(0, len(ds.labels), batch_size):
+        x = (ds.images[i:i + batch_size].float() / 255.0 - m) / s
+        y = ds.labels[i:i + batch_size]
+        yield (x, y) if device is None else (x.to(device), y.to(device))
+
+
+def _param_device(m: nn.Module):
+    p = next(m.parameters(), None)
+    return None if p is None else p.device
+
+
+def _cat(parts: list[DynamicOutput]) -> DynamicOutput:
+    path = None if parts[0].path is None else torch.cat([p.path for p in parts])
+    return DynamicOutput(torch.cat([p.logits for p in parts]), torch.cat([p.macs for p in parts]), path,
+                         parts[0].num_paths)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(on: bool, total: int, desc: str):
+    """A tqdm bar (rate and ETA) over ``total`` steps, or a stand-in that does nothing."""
+    if not on:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def progress_bar(it, on: bool, desc: str):

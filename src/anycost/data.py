@@ -282,9 +282,18 @@ def make_split(n: int, val_size: int, seed: int = 0, mode: str = "last") -> tupl
     return perm[: n - val_size].sort().values, perm[n - val_size:].sort().values
 
 
-def channel_stats(images: Tensor) -> tuple[list[float], list[float]]:
-    x = images.to(torch.float64) / 255.0
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+def channel_stats(images: Tensor, chunk: int = 2048) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std in 0..1 pixel units, two passes over chunks in
+    float64: converting a whole CIFAR training set at once would hold over 2 GB."""
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    for i in range(0, images.shape[0], chunk):
+        total += (images[i:i + chunk].to(torch.float64) / 255.0).sum(dim=(0, 2, 3))
+    mean = total / n
+    sq = torch.zeros_like(total)
+    for i in range(0, images.shape[0], chunk):
+        sq += ((images[i:i + chunk].to(torch.float64) / 255.0 - mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3))
+    return mean.tolist(), (sq / max(1, n - 1)).sqrt().tolist()
 
 
 def load_dataset(dataset: str = "digits", data_dir: str | None = None, val_size: int | None = None,

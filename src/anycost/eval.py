@@ -11,13 +11,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from anycost.core import DynamicOutput
+from anycost.core import DynamicModel, DynamicOutput
 from anycost.models.static import as_dynamic
 from anycost.curves import *  # noqa: F401,F403  (re-exported: callers import curves from here too)
 from anycost.curves import CurvePoint, OperatingPoint, TradeoffCurve, point_from_outputs, __all__ as _curves_all
 from anycost.data import BatchLoader, ImageDataset
 
-__all__ = [*_curves_all, "evaluate_classifier", "collect_outputs", "evaluate_curve"]
+__all__ = [*_curves_all, "evaluate_classifier", "collect_outputs", "evaluate_curve", "fast_path", "RoutingMismatch"]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -78,19 +78,64 @@ def collect_outputs(model: nn.Module, ds: ImageDataset, mean, std, op: Operating
     return Outputs(torch.cat(logits), torch.cat(labels), torch.cat(macs), torch.cat(paths) if paths else None, num_paths)
 
 
+
+def fast_path(model: nn.Module) -> bool:
+    """Whether ``model.outputs`` replays routing on cached outputs instead of routing for real."""
+    return isinstance(model, DynamicModel) and type(model).outputs is not DynamicModel.outputs
+
+
+class RoutingMismatch(RuntimeError):
+    """The fast (cached) outputs of a model disagree with its real routed execution."""
+
+
+def _verify_rows(n: int, k: int) -> Tensor:
+    """``k`` rows spread evenly over ``n`` (all when k >= n): a sample that sees the whole split."""
+    return torch.arange(n) if k >= n else torch.linspace(0, n - 1, k).round().long().unique()
+
+
 def evaluate_curve(model: nn.Module, ds: ImageDataset, mean, std, ops: list[OperatingPoint] | None = None,
                    method: str | None = None, calibrated_on: str | None = None, measured_on: str | None = None,
-                   batch_size: int = 1000, device="cpu", progress: bool = False) -> TradeoffCurve:
-    """One real pass per operating point (real routing, real per-sample MACs)."""
-    from tqdm.auto import tqdm
-
+                   batch_size: int = 1000, device="cpu", progress: bool = False, real_routing: bool = False,
+                   verify: int = 1000, logit_atol: float = 1e-3) -> TradeoffCurve:
+    """One curve point per operating point, from the family's fastest exact outputs
+    (``model.outputs``: one cached pass for multi-exit models and cascades, one streamed
+    routed pass per point otherwise). Where those are not real routing, ``verify`` images
+    spread over the split are also run with real routing at every point, and any
+    difference in route, per-input MACs or logits (beyond ``logit_atol``) raises
+    :class:`RoutingMismatch`. ``real_routing=True`` routes everything for real instead."""
     dyn = as_dynamic(model, tuple(ds.images.shape[1:]))
     ops = ops or dyn.operating_points()
-    pts = []
-    for op in tqdm(ops, desc="operating points", disable=not progress or len(ops) < 2, leave=False):
-        o = collect_outputs(dyn, ds, mean, std, op, batch_size, device)
-        pts.append(point_from_outputs(op, o.logits, o.labels, o.macs, o.path, o.num_paths))
+    cached = fast_path(dyn)
+    was = model.training
+    model.eval()
+    try:
+        gen = (dyn.routed_outputs if real_routing else dyn.outputs)(ds, mean, std, ops, batch_size, progress)
+        rows = _verify_rows(len(ds.labels), verify) if cached and not real_routing and verify > 0 else None
+        pts, kept = [], {}
+        for op, o in gen:
+            pts.append(point_from_outputs(op, o.logits, ds.labels, o.macs, o.path, o.num_paths))
+            if rows is not None:
+                kept[op.name] = DynamicOutput(o.logits[rows], o.macs[rows], None if o.path is None else o.path[rows])
+        if rows is not None:
+            sub = ds.subset(rows)
+            for op, real in dyn.routed_outputs(sub, mean, std, ops, batch_size, progress):
+                _compare(op.name, kept[op.name], real, logit_atol, len(rows))
+    finally:
+        model.train(was)
     name = method or getattr(model, "model_name", type(model).__name__)
     return TradeoffCurve(name, pts, calibrated_on, measured_on, static=dyn.family == "static")
 
 
+def _compare(name: str, fast: DynamicOutput, real: DynamicOutput, atol: float, n: int) -> None:
+    problems = []
+    if fast.path is not None and real.path is not None and not torch.equal(fast.path, real.path):
+        problems.append(f"{int((fast.path != real.path).sum())} of {n} routes")
+    if not torch.allclose(fast.macs, real.macs, rtol=1e-9, atol=0.5):
+        problems.append(f"per-input MACs (max difference {float((fast.macs - real.macs).abs().max()):.4g})")
+    diff = float((fast.logits - real.logits.float()).abs().max())
+    if diff > atol:
+        problems.append(f"logits (max difference {diff:.3g} > {atol:g})")
+    if problems:
+        raise RoutingMismatch(f"operating point '{name}': cached outputs differ from real routing in "
+                              + ", ".join(problems) + " on the verification images; this is a bug in the family's "
+                              "outputs(); evaluate with real routing (--real-routing) meanwhile")

@@ -147,15 +147,31 @@ def headline_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, 
 
 
 def bench_table(method: str, b: dict) -> str:
-    lines = [f"Wall-clock, {method} ({b['device']}, {b['threads']} threads)", "",
+    """Wall-clock per point. Records made with interleaved rounds also give each speed-up's
+    range over rounds and the spread of the timings (a spread over 20 % is flagged)."""
+    rounds = "speedup_batch1_range" in b["points"][0]
+    m = b.get("machine") or {}
+    where = f"{m.get('cpu', b['device'])}, {b['threads']} threads, torch {m['torch']}" if m else f"{b['device']}, {b['threads']} threads"
+    n_rounds = (b.get("config") or {}).get("rounds")
+    head = f"Wall-clock, {method} ({where}" + (f"; medians over {n_rounds} interleaved rounds" if rounds and n_rounds else "") + ")"
+    lines = [head, "",
              "| operating point | MACs (M) | MAC reduction | batch-1 p50 (ms) | p95 (ms) | speed-up b1 | "
-             f"throughput b{b['points'][0]['batch_size']} (img/s) | speed-up batched | realised / MAC (b1, batched) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             f"throughput b{b['points'][0]['batch_size']} (img/s) | speed-up batched | realised / MAC (b1, batched) |"
+             + (" spread (b1, batched) |" if rounds else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if rounds else "")]
     for r in b["points"]:
+        s1, sb = f"{r['speedup_batch1']:.2f}x", f"{r['speedup_batched']:.2f}x"
+        if rounds:
+            lo, hi = r["speedup_batch1_range"]
+            s1 += f" [{lo:.2f}, {hi:.2f}]"
+            lo, hi = r["speedup_batched_range"]
+            sb += f" [{lo:.2f}, {hi:.2f}]"
+        flag = lambda v: f"{v:.0%}" + (" (unsteady)" if v > 0.20 else "")
         lines.append(f"| {r['operating_point']['name']} | {r['macs_mean_batched'] / 1e6:.3f} | {r['mac_reduction']:.2f}x "
-                     f"| {r['latency_ms_p50']:.2f} | {r['latency_ms_p95']:.2f} | {r['speedup_batch1']:.2f}x "
-                     f"| {r['throughput_img_s']:.0f} | {r['speedup_batched']:.2f}x "
-                     f"| {r['realised_fraction_batch1']:.2f}, {r['realised_fraction_batched']:.2f} |")
+                     f"| {r['latency_ms_p50']:.2f} | {r['latency_ms_p95']:.2f} | {s1} "
+                     f"| {r['throughput_img_s']:.0f} | {sb} "
+                     f"| {r['realised_fraction_batch1']:.2f}, {r['realised_fraction_batched']:.2f} |"
+                     + (f" {flag(r['latency_spread'])}, {flag(r['throughput_spread'])} |" if rounds else ""))
     return "\n".join(lines)
 
 

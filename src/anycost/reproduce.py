@@ -12,7 +12,9 @@ stopped. Nothing here knows which family an entry is.
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -152,7 +154,7 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
 
 def run_reproduce(dataset: str = "cifar10", recipe: str = "cpu30", data_dir: str | None = None, reuse: bool = False,
                   out: str = "runs/reproduce", zoo_dir: str | None = None, epochs: int | None = None,
-                  bench: bool = True, latency_runs: int = 30, progress: bool = True) -> dict:
+                  bench: bool = True, latency_runs: int = 30, progress: bool = True, verify: int = 500) -> dict:
     from anycost.train import TrainConfig, load_recipe
     from anycost.zoo import load, repo_zoo_dir
 
@@ -171,7 +173,8 @@ def run_reproduce(dataset: str = "cifar10", recipe: str = "cpu30", data_dir: str
     say(f"suite {dataset}: {len(SUITES[dataset])} entries; measuring on '{measure}'"
         + ("" if measure == "test" else " (no test files: the validation holdout)"))
     curves, benches, missing = [], {}, []
-    for e in SUITES[dataset]:
+    suite = SUITES[dataset]
+    for i, e in enumerate(suite, 1):
         if not _in_zoo(zoo, e.name):
             if reuse:
                 missing.append({"name": e.name, "why": "not in the zoo (--reuse trains nothing)"})
@@ -189,16 +192,23 @@ def run_reproduce(dataset: str = "cifar10", recipe: str = "cpu30", data_dir: str
         t0 = time.perf_counter()
         with torch.inference_mode():
             c = evaluate_curve(model, ds, data.mean, data.std, ops, method=e.name,
-                               calibrated_on=ops[0].split if ops[0].calibrated else None, measured_on=measure)
+                               calibrated_on=ops[0].split if ops[0].calibrated else None, measured_on=measure,
+                               progress=progress and sys.stderr.isatty(), verify=verify)
         c.family = e.family
         curves.append(c)
         if bench:
             x = next(iter(BatchLoader(ds, 256, data.mean, data.std)))[0]
-            benches[c.method] = bench_model(model, x, ops, BenchConfig(batch_size=256, latency_runs=latency_runs,
-                                                                       throughput_batches=2, warmup=3))
+            with warnings.catch_warnings():  # unsteady figures are listed in the record and said once below
+                warnings.simplefilter("ignore")
+                benches[c.method] = bench_model(model, x, ops, BenchConfig(batch_size=256, latency_runs=latency_runs,
+                                                                           throughput_batches=2, warmup=3, rounds=3))
+            if benches[c.method]["unsteady"]:
+                say(f"  {e.name}: {len(benches[c.method]['unsteady'])} timing(s) spread over 20 % across rounds")
         best = max(c.points, key=lambda p: p.accuracy)
-        say(f"  {e.name:<42} {len(c.points):>3} points, best {best.accuracy:.2f}% at {best.macs_mean / 1e6:.2f} M MACs "
-            f"({time.perf_counter() - t0:.0f}s)")
+        done = time.perf_counter() - t_start
+        say(f"  [{i}/{len(suite)}] {e.name:<42} {len(c.points):>3} points, best {best.accuracy:.2f}% at "
+            f"{best.macs_mean / 1e6:.2f} M MACs ({time.perf_counter() - t0:.0f}s; elapsed {done / 60:.1f} min, "
+            f"about {done / i * (len(suite) - i) / 60:.1f} min to go)")
     rec = make_record("reproduce", {"dataset": dataset, "recipe": recipe, "data_dir": data_dir, "reuse": reuse,
                                     "measured_on": measure, "zoo": str(zoo)},
                       {"curves": [c.to_dict() for c in curves], "bench": benches, "missing": missing,

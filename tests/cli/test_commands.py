@@ -206,3 +206,23 @@ def test_publish_a_run_then_load_it_by_name(cifar_run, tmp_path, monkeypatch):
     m = anycost.load("resnet8.mine_cifar10", zoo_dir=zoo)
     assert m.weights.name == "resnet8.mine_cifar10" and m.weights.sha256
     assert main(["publish", str(cifar_run), "--name", "resnet20.wrong_cifar10", "--zoo-dir", str(zoo)]) == 2
+
+
+def test_eval_fast_path_options_summary_and_record(cifar_test_only, tmp_path, capsys):
+    """A cascade evaluates from one cached pass, checked on --verify images; --limit takes the
+    first N; --real-routing gives the same numbers; the record says how and how long."""
+    base = ["eval", "cascade.r8_r20_cifar10", "--data-dir", str(cifar_test_only), "--split", "test"]
+    assert main(base + ["--limit", "25", "--verify", "10", "--record", str(tmp_path / "f.json")]) == 0
+    err = capsys.readouterr().err
+    assert "evaluated 25 images at" in err and "checked against real routing on 10 images" in err
+    fast = json.loads((tmp_path / "f.json").read_text())
+    assert fast["results"]["seconds"] > 0 and fast["config"]["verify"] == 10 and fast["config"]["limit"] == 25
+    assert all(p["n"] == 25 for p in fast["results"]["curve"]["points"])
+    assert main(base + ["--limit", "25", "--real-routing", "--record", str(tmp_path / "r.json")]) == 0
+    assert "(real routing)" in capsys.readouterr().err
+    real = json.loads((tmp_path / "r.json").read_text())
+    key = lambda r: [(p["accuracy"], round(p["macs_mean"], 3)) for p in r["results"]["curve"]["points"]]
+    assert key(fast) == key(real)
+    for bad in (["--limit", "0"], ["--verify", "-1"]):
+        assert main(base + bad + ["--no-record"]) == 2
+        assert "--" + bad[0][2:] in capsys.readouterr().err

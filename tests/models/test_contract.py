@@ -72,6 +72,21 @@ def test_calibrated_numbers_are_reproduced_by_routed_inference(model, data):
         assert b.macs == pytest.approx(a.macs, rel=1e-9) and b.accuracy == pytest.approx(a.accuracy, abs=1e-9)
 
 
+def test_outputs_equal_real_routing_point_by_point(model, data):
+    """``outputs`` (a family's fast path, e.g. cached exits) gives exactly what streamed
+    real routing gives: the same routes, per-input MACs and logits, in ``ops`` order."""
+    ops = model.operating_points()
+    ds = data.get("holdout")
+    fast = list(model.outputs(ds, data.mean, data.std, ops, batch_size=50))
+    real = list(model.routed_outputs(ds, data.mean, data.std, ops, batch_size=64))
+    assert [o.name for o, _ in fast] == [o.name for o, _ in real] == [o.name for o in ops]
+    for (op, a), (_, b) in zip(fast, real):
+        assert a.logits.shape == (len(ds.labels), 10) and a.macs.dtype == torch.float64
+        assert torch.equal(a.macs, b.macs), op.name
+        assert torch.allclose(a.logits, b.logits, atol=1e-4), op.name
+        assert (a.path is None) == (b.path is None) and (a.path is None or torch.equal(a.path, b.path)), op.name
+
+
 def test_at_budget_meets_budget_in_expectation(model, data):
     ops = model.operating_points()
     lo, hi = ops[0].macs, max(o.macs for o in ops)

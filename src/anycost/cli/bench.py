@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 from ._common import EPILOG, eval_split, load_model, model_label, set_threads, add_zoo_dir
 from .eval import SPLITS
@@ -21,11 +22,12 @@ def add(sub) -> None:
     b.add_argument("--data-dir")
     b.add_argument("--split", default="val", choices=SPLITS, help="which images to time on (with --data-dir)")
     b.add_argument("--batch-size", type=int, default=256, help="batch for throughput (default 256)")
-    b.add_argument("--latency-runs", type=int, default=100, help="timed batch-1 calls per point")
+    b.add_argument("--latency-runs", type=int, default=100, help="timed batch-1 calls per point, over all rounds")
     b.add_argument("--batches", type=int, default=5, help="timed full batches per point and round")
-    b.add_argument("--rounds", type=int, default=3, help="batched timing rounds over all points (median counts)")
+    b.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all points, in alternating "
+                   "order; each figure is the median over rounds (default 5)")
     b.add_argument("--warmup", type=int, default=10)
-    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    b.add_argument("--threads", type=int, help="torch CPU threads, fixed for the run (default: torch's current count)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     b.add_argument("--record", help="where to write the record (default runs/bench/NAME.json)")
@@ -56,7 +58,9 @@ def run(a) -> int:
         inputs = "random normal"
     bcfg = BenchConfig(batch_size=a.batch_size, latency_runs=a.latency_runs, throughput_batches=a.batches,
                        warmup=a.warmup, threads=a.threads, rounds=a.rounds)
-    res = bench_model(model, x, ops, bcfg)
+    with warnings.catch_warnings():  # said once below, in the CLI's own words
+        warnings.simplefilter("ignore")
+        res = bench_model(model, x, ops, bcfg)
     res["inputs"] = inputs
     name = model_label(a.model)
     rec = make_record("bench", {"model": a.model, **bcfg.__dict__, "inputs": inputs}, {"bench": res, "method": name},
@@ -67,5 +71,9 @@ def run(a) -> int:
         print(json.dumps(dict(res, model=name, record=rec_path, hardware=rec["hardware"]), indent=1))
     else:
         print(bench_table(name, res))
+        for u in res["unsteady"]:
+            print(f"anycost: warning: unsteady timing: {u['figure']} of '{u['operating_point']}' spread "
+                  f"{u['spread']:.0%} across rounds (over 20 %); rerun on a quiet machine or with more --rounds",
+                  file=sys.stderr)
         print(f"\ninputs: {inputs}; hardware: {rec['hardware']['cpu']}, torch {rec['hardware']['torch']}\nrecord: {rec_path}")
     return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 from ._common import EPILOG, UserError, load_data, load_model, model_label, parse_set
 
 HELP = "choose operating points on one split, measure them on another"
@@ -56,13 +59,18 @@ def run(a) -> int:
         raise UserError("give a MODEL or --cascade M1 M2 ...")
     data, dataset = load_data(cfg, a.dataset, a.data_dir)
     options = parse_set(a.option, "--option")
+    t0 = time.perf_counter()
     try:
-        ops = model.calibrate(data, a.calib_split, batch_size=a.batch_size, progress=True, **options)
+        ops = model.calibrate(data, a.calib_split, batch_size=a.batch_size, progress=sys.stderr.isatty(), **options)
     except TypeError as e:  # an --option the family's search does not take
         raise UserError(f"--option: {e}") from None
     with torch.inference_mode():
         curve = evaluate_curve(model, data.get(a.split), data.mean, data.std, ops, method=name,
-                               calibrated_on=a.calib_split, measured_on=a.split, batch_size=a.batch_size, device=a.device)
+                               calibrated_on=a.calib_split, measured_on=a.split, batch_size=a.batch_size, device=a.device,
+                               progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - t0
+    print(f"anycost: calibrated {len(ops)} points on '{a.calib_split}' and measured them on '{a.split}' "
+          f"in {seconds:.1f} s", file=sys.stderr)
     curve.family = model.family
     budget = None
     if a.budget is not None:
@@ -73,7 +81,8 @@ def run(a) -> int:
               f"{choice.macs / 1e6:.3f} M MACs on {a.calib_split}")
     rec = make_record("calibrate", {"model": a.model, "cascade": a.cascade, "dataset": dataset, "calib_split": a.calib_split,
                                     "split": a.split, "options": options, "budget": a.budget},
-                      {"curves": [curve.to_dict()], "operating_points": [o.to_dict() for o in ops], "budget": budget},
+                      {"curves": [curve.to_dict()], "operating_points": [o.to_dict() for o in ops], "budget": budget,
+                       "seconds": seconds},
                       device=a.device)
     rec_path = a.record or f"runs/calibrate/{name}.json"
     write_json_atomic(rec_path, rec)

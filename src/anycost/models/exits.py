@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from anycost.core import DynamicModel, DynamicOutput, OperatingPoint, normalised, progress_bar
+from anycost.core import DynamicModel, DynamicOutput, OperatingPoint, batches, normalised, progress_bar
 from anycost.policies import (METRICS, NUM_FEATURES, ExitCache, LinearGate, confidence, features, learn_policy,
                               learned_routes, threshold_exits)
 
@@ -255,6 +255,38 @@ class ExitPolicyModel(DynamicModel):
             ex, jumped = learned_routes(cache, dict(op.params))
             code = torch.where(jumped, torch.full_like(ex, self.num_exits), ex)
         return code, self.route_costs(op)[code]
+
+    @torch.no_grad()
+    def streamed_cache(self, ds, mean, std, batch_size: int = 500, split: str | None = None,
+                       progress: bool = False) -> ExitCache:
+        """:meth:`exit_cache` over a split read batch by batch: only every exit's logits are
+        kept, never the normalised images or features."""
+        was, dev = self.training, _device(self)
+        self.eval()
+        outs = []
+        try:
+            it = batches(ds, mean, std, batch_size, dev)
+            for x, _ in progress_bar(it, progress, "one pass through every exit"):
+                outs.append(self.exit_logits(x).float().cpu())
+        finally:
+            self.train(was)
+        jump = self.jump_costs()
+        return ExitCache(torch.cat(outs, 1), ds.labels.cpu(), self.exit_costs().double(),
+                         None if jump is None else jump.double(), split=split)
+
+    @torch.no_grad()
+    def outputs(self, ds, mean, std, ops: list[OperatingPoint], batch_size: int = 500, progress: bool = False):
+        """Every point from one pass: each input runs once through every exit (or member),
+        then each point's routing is replayed on the cached logits by :meth:`simulate`,
+        which decides exactly as :class:`ExitRuntime` does. A curve then costs about one
+        full pass, not one per point; ``routed_outputs`` is the real-routing reference."""
+        cache = self.streamed_cache(ds, mean, std, batch_size, progress=progress)
+        rows = torch.arange(cache.labels.shape[0])
+        for op in ops:
+            op = self.check_op(op)
+            code, macs = self.simulate(cache, op)
+            exit_ = code.clamp_max(self.num_exits - 1)  # a jump ends at the last network
+            yield op, DynamicOutput(cache.logits[exit_, rows], macs, exit_, self.num_exits)
 
     @torch.no_grad()
     def measure(self, ds, mean, std, ops: list[OperatingPoint], split: str | None = None, batch_size: int = 500,
