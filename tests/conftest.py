@@ -8,6 +8,42 @@ import torch
 torch.set_num_threads(1)  # tiny models: threads only add overhead, and keep the suite predictable
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-batches-py"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_user_zoo(tmp_path_factory):
+    """Every test sees an empty user zoo and cache ($ANYCOST_HOME) and no $ANYCOST_ZOO: a
+    developer's own entries must not leak into tests, nor tests write into them."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ANYCOST_HOME", str(tmp_path_factory.mktemp("anycost_home")))
+    mp.delenv("ANYCOST_ZOO", raising=False)
+    yield
+    mp.undo()
+
+
+def _git_status() -> str | None:
+    import subprocess
+
+    if not (REPO / ".git").exists():
+        return None
+    r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config._anycost_git_before = _git_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite must leave a source checkout as it found it (no file written into the
+    repository or the package): fail the run if `git status` changed."""
+    before, after = getattr(session.config, "_anycost_git_before", None), _git_status()
+    if before is not None and after is not None and after != before:
+        new = sorted(set(after.splitlines()) - set(before.splitlines()))
+        print("\nanycost: the test suite changed the checkout (git status): " + "; ".join(new[:10]))
+        if exitstatus == 0:
+            session.exitstatus = 1
 
 
 def write_cifar_batch(path: Path, n: int, seed: int, protocol: int = 2):

@@ -15,7 +15,7 @@ LAYERS = [
     {"data", "policies"},
     {"models", "deploy"},
     {"zoo"},
-    {"eval", "train", "bench", "distributed", "segmentation"},
+    {"eval", "train", "bench", "distributed", "segmentation", "predict"},
     {"plot", "report"},
     {"demo", "reproduce"},
     {"cli"},

@@ -247,5 +247,5 @@ def test_weight_ema_is_published_and_resumes_exactly(tmp_path, kill_at):
 
 
 def test_ema_config_is_checked():
-    with pytest.raises(ValueError, match="ema is a per-step decay"):
+    with pytest.raises(ValueError, match="ema must be a per-step decay"):
         TrainConfig(ema=1.0).validate()

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from numbers import Real
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["OperatingPoint", "Mixture", "DynamicOutput", "DynamicModel", "BudgetError", "pareto_indices",
+__all__ = ["OperatingPoint", "Mixture", "DynamicOutput", "DynamicModel", "BudgetError", "check_budget", "pareto_indices",
            "pareto_subset", "normalised", "batches", "progress_bar"]
 
 
@@ -175,7 +176,10 @@ class DynamicModel(nn.Module):
     and may override ``measure`` where a faster exact pass exists (cached exit outputs)."""
 
     family: str = "dynamic"
-    input_size: tuple[int, int, int] | None = None  # (C, H, W) its costs hold for; None: any size
+    # (C, H, W) its costs hold for; None: any size. Not annotated: TorchScript, which scripts
+    # static networks as they are, infers a tuple of ints from the value instead
+    input_size = None
+    any_input_hw = False  # True: MACs are counted at each input's own H x W (fully convolutional)
 
     # ------------------------------------------------------------------ operating points
 
@@ -249,6 +253,7 @@ class DynamicModel(nn.Module):
     def measure(self, ds, mean, std, ops: list[OperatingPoint], split: str | None = None, batch_size: int = 500,
                 progress: bool = False) -> list[OperatingPoint]:
         """Each point's mean MACs and top-1 accuracy over an ImageDataset, with real routing."""
+        self.check_split(ds)
         x_all, y_all = normalised(ds, mean, std)
         p = next(self.parameters(), None)
         if p is not None:  # the model's device; results come back as Python numbers
@@ -278,6 +283,7 @@ class DynamicModel(nn.Module):
     def routed_outputs(self, ds, mean, std, ops: list[OperatingPoint], batch_size: int = 500,
                        progress: bool = False) -> Iterator[tuple[OperatingPoint, DynamicOutput]]:
         """:meth:`outputs` by real routing, whatever the family."""
+        self.check_split(ds)
         dev = _param_device(self)
         n_batches = -(-len(ds.labels) // batch_size)
         bar = _bar(progress, len(ops) * n_batches, "routed pass")
@@ -296,21 +302,23 @@ class DynamicModel(nn.Module):
 
     def at_budget(self, macs: float, mix: bool = True) -> OperatingPoint | Mixture:
         """The most accurate shipped point whose mean MACs fit ``macs``; with ``mix``, where two
-        neighbouring frontier points bracket the budget, their mixture that meets it exactly."""
+        neighbouring frontier points bracket the budget, their mixture that meets it exactly.
+        A budget above the most expensive point gets the most accurate point; NaN, infinity,
+        zero, negative, non-numeric budgets and budgets below the cheapest point raise a
+        :class:`BudgetError` that names the reachable range."""
         pts = [p for p in self.operating_points() if p.calibrated]
         if not pts:
             raise BudgetError(f"{type(self).__name__} has no calibrated operating points: call calibrate(data) first")
         lo, hi = min(p.macs for p in pts), max(p.macs for p in pts)
-        reach = f"reachable: {lo / 1e6:.4g} M to {hi / 1e6:.4g} M MACs per input"
-        if not isinstance(macs, (int, float)) or isinstance(macs, bool) or not math.isfinite(macs) or macs <= 0:
-            raise BudgetError(f"a MAC budget must be a positive finite number, got {macs!r} ({reach})")
-        if macs < lo * (1 - 1e-9):
-            raise BudgetError(f"budget {macs / 1e6:.4g} M MACs is below the cheapest operating point ({reach})")
+        reach = f"reachable: {lo / 1e6:.4g} M to {hi / 1e6:.4g} M MACs per input; more gets the best point"
+        check_budget(macs, reach)
         idx = pareto_indices([p.macs for p in pts], [p.accuracy for p in pts])
         front = [pts[i] for i in idx]
-        fits = [p for p in front if p.macs <= macs * (1 + 1e-9)]
+        fits = [p for p in front if _fits(p.macs, macs)]
+        if not fits:
+            raise BudgetError(f"budget {macs / 1e6:.4g} M MACs is below the cheapest operating point ({reach})")
         best = fits[-1]
-        nxt = next((p for p in front if p.macs > macs * (1 + 1e-9)), None)
+        nxt = next((p for p in front if not _fits(p.macs, macs)), None)
         if not mix or nxt is None or best.macs >= macs:
             return best
         p = (macs - best.macs) / (nxt.macs - best.macs)
@@ -322,12 +330,8 @@ class DynamicModel(nn.Module):
     def infer(self, x: Tensor, op: OperatingPoint | Mixture | str | None = None,
               generator: torch.Generator | None = None) -> DynamicOutput:
         """Logits and per-input MACs at ``op`` (a point, its name, a Mixture; None: the most
-        expensive setting). Always runs in eval mode."""
-        if not isinstance(x, Tensor) or x.ndim != 4:
-            raise ValueError(f"infer takes a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
-        size = tuple(getattr(self, "input_size", ()) or ())
-        if size and tuple(x.shape[1:]) != size:
-            raise ValueError(f"input of size {tuple(x.shape[1:])}; this model's costs were measured at {size}")
+        expensive setting). Always runs in eval mode; ``x`` must pass :meth:`check_input`."""
+        self.check_input(x)
         was = self.training
         self.eval()
         try:
@@ -338,6 +342,45 @@ class DynamicModel(nn.Module):
             return self._infer(x, self.check_op(op if op is not None else self.default_op()))
         finally:
             self.train(was)
+
+    def check_input(self, x) -> None:
+        """A ValueError naming what is wrong with a batch ``infer`` cannot take: not a float
+        (B, C, H, W) tensor, no rows, the wrong channels or size (:meth:`check_input_size`),
+        or NaN / infinite values (they would give NaN logits and, where decisions read them,
+        made-up MACs)."""
+        if not isinstance(x, Tensor) or x.ndim != 4:
+            raise ValueError(f"infer takes a (B, C, H, W) tensor, got {_shape_of(x)}")
+        if not x.is_floating_point():
+            raise ValueError(f"infer takes a floating-point tensor (normalised images), got {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError("infer takes at least one input, got an empty batch (0, C, H, W)")
+        self.check_input_size(tuple(x.shape[1:]))
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        if bad:
+            raise ValueError(f"{bad} of {x.shape[0]} inputs hold NaN or infinite values; infer takes finite inputs")
+
+    def check_split(self, ds) -> None:
+        """A ValueError for a split (ImageDataset) that cannot be measured: no images (every
+        mean would be NaN) or images of a size this model's costs do not hold for."""
+        if len(ds.labels) == 0:
+            raise ValueError(f"split {getattr(ds, 'name', '')!r} holds no images: nothing to measure")
+        self.check_input_size(tuple(ds.images.shape[1:]))
+
+    def check_input_size(self, size: tuple[int, ...]) -> None:
+        """A ValueError unless this model's MACs hold for inputs of ``size`` (C, H, W): the
+        ``input_size`` its costs and operating points were measured at. Families that count
+        MACs at any size (fully convolutional static networks) accept any H and W."""
+        want = tuple(getattr(self, "input_size", None) or ())
+        size = tuple(int(v) for v in size)
+        if not want:
+            return
+        if len(size) != 3 or size[0] != want[0]:
+            raise ValueError(f"input of size {size}: this model takes {want[0]} channels, (C, H, W) = {want}")
+        if size[1:] != want[1:] and not self.any_input_hw:
+            raise ValueError(f"input of size {size}: this model's costs and operating points were measured at "
+                             f"{want}; resize inputs to {want[1]}x{want[2]}")
+        if min(size[1:]) < 1:
+            raise ValueError(f"input of size {size}: height and width must be at least 1")
 
     def _infer_mixture(self, x: Tensor, mix: Mixture, generator) -> DynamicOutput:
         high = mix.assign(x.shape[0], generator).to(x.device)
@@ -391,6 +434,24 @@ def batches(ds, mean, std, batch_size: int, device=None) -> Iterator[tuple[Tenso
         x = (ds.images[i:i + batch_size].float() / 255.0 - m) / s
         y = ds.labels[i:i + batch_size]
         yield (x, y) if device is None else (x.to(device), y.to(device))
+
+
+def check_budget(macs, reach: str = "") -> float:
+    """``macs`` as a float if it is a mean-MAC budget at all (a finite number > 0), else a
+    :class:`BudgetError`; ``reach`` (the reachable range) is added to its message. Callers
+    that do long work before ``at_budget`` (calibration) check the budget first."""
+    if not isinstance(macs, Real) or isinstance(macs, bool) or not math.isfinite(macs) or macs <= 0:
+        raise BudgetError(f"a MAC budget must be a positive finite number, got {macs!r}" + (f" ({reach})" if reach else ""))
+    return float(macs)
+
+
+def _fits(cost: float, budget: float) -> bool:
+    """Whether a point of mean MACs ``cost`` meets ``budget`` (up to float rounding)."""
+    return cost <= budget * (1 + 1e-9)
+
+
+def _shape_of(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, Tensor) else f"a {type(x).__name__}"
 
 
 def _param_device(m: nn.Module):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from numbers import Real
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
-from anycost.core import OperatingPoint, pareto_indices
+from anycost.core import OperatingPoint, check_budget, pareto_indices
 
 __all__ = [
     "OperatingPoint", "CurvePoint", "TradeoffCurve", "Calibration",
@@ -103,13 +104,27 @@ pareto_front = pareto_indices
 
 
 def _front_xy(macs, acc) -> tuple[list[float], list[float]]:
-    idx = pareto_front(list(macs), list(acc))
-    return [macs[i] for i in idx], [acc[i] for i in idx]
+    """The frontier's (MACs, accuracy), leaving out points with a NaN coordinate (they would
+    poison every comparison)."""
+    keep = [i for i in range(len(macs)) if _number(macs[i]) and _number(acc[i])]
+    idx = pareto_front([macs[i] for i in keep], [acc[i] for i in keep])
+    return [macs[keep[i]] for i in idx], [acc[keep[i]] for i in idx]
+
+
+def _number(v) -> bool:
+    """A real number that is not NaN (infinities compare fine)."""
+    return isinstance(v, Real) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _not_nan(v, what: str) -> None:
+    if not _number(v):
+        raise ValueError(f"{what} must be a number, got {v!r}")
 
 
 def accuracy_at_macs(macs, acc, budget: float) -> float | None:
     """Best accuracy reachable at a mean-MAC budget, interpolated on the frontier; None when
-    the budget is below the cheapest point."""
+    the budget is below the cheapest point. A NaN budget is an error, not a made-up answer."""
+    _not_nan(budget, "MAC budget")
     xs, ys = _front_xy(macs, acc)
     if not xs or budget < xs[0]:
         return None
@@ -127,6 +142,7 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, fl
     ends. ``n = 0`` (unknown) gives the whole range."""
     if n <= 0:
         return 0.0, 100.0
+    _not_nan(accuracy, "accuracy")
     q = accuracy / 100.0
     mid = (q + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(q * (1 - q) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -135,6 +151,7 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, fl
 
 def macs_at_accuracy(macs, acc, target: float) -> float | None:
     """Fewest mean MACs that reach ``target`` accuracy on the frontier; None if unreachable."""
+    _not_nan(target, "target accuracy")
     xs, ys = _front_xy(macs, acc)
     if not xs or target > ys[-1]:
         return None
@@ -163,6 +180,8 @@ def normalised_auc(curve: TradeoffCurve, lo: float | None = None, hi: float | No
     the width of the range, so 1.0 means 100 % accuracy at every budget. The x axis is
     log-MACs by default (as plotted). Budgets below the cheapest point score 0."""
     xs, ys = _front_xy(curve.macs, curve.accuracies)
+    if not xs:
+        raise ValueError(f"curve {curve.method!r} has no points with numeric MACs and accuracy")
     lo = xs[0] if lo is None else lo
     hi = xs[-1] if hi is None else hi
     if hi <= lo:
@@ -180,6 +199,16 @@ def normalised_auc(curve: TradeoffCurve, lo: float | None = None, hi: float | No
 
 def point_from_outputs(op: OperatingPoint, logits: Tensor, labels: Tensor, macs: Tensor,
                        path: Tensor | None = None, num_paths: int = 0) -> CurvePoint:
+    """One curve point from a split's outputs. An empty split, outputs that do not match the
+    labels, or NaN / infinite MACs are errors: each would turn into a NaN accuracy or cost."""
+    n = int(labels.numel())
+    if n == 0:
+        raise ValueError(f"operating point {op.name!r}: no inputs to measure (the split is empty)")
+    if logits.shape[0] != n or macs.numel() != n:
+        raise ValueError(f"operating point {op.name!r}: {logits.shape[0]} outputs and {macs.numel()} MAC counts "
+                         f"for {n} labels")
+    if not bool(torch.isfinite(macs.double()).all()):
+        raise ValueError(f"operating point {op.name!r}: per-input MACs hold NaN or infinite values")
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices
     acc = 100.0 * (top[:, 0] == labels).double().mean().item()
     top5 = 100.0 * (top == labels[:, None]).any(1).double().mean().item()
@@ -209,8 +238,9 @@ class Calibration:
 def calibrate_to_budget(curve: TradeoffCurve, macs_budget: float) -> Calibration:
     """Most accurate point of a calibration-split curve whose mean MACs fit the budget.
     Unreachable budgets (below the cheapest point) return the cheapest point, flagged."""
-    if macs_budget <= 0 or not math.isfinite(macs_budget):
-        raise ValueError(f"MAC budget must be a positive number, got {macs_budget}")
+    check_budget(macs_budget)
+    if not curve.points:
+        raise ValueError(f"curve {curve.method!r} has no points to choose from")
     fits = [p for p in curve.points if p.macs_mean <= macs_budget]
     tgt = {"macs_mean": macs_budget}
     if not fits:
@@ -226,8 +256,10 @@ def calibrate_to_budget(curve: TradeoffCurve, macs_budget: float) -> Calibration
 def calibrate_to_accuracy_drop(curve: TradeoffCurve, max_drop: float, reference_accuracy: float | None = None) -> Calibration:
     """Cheapest point whose accuracy is within ``max_drop`` points of the reference (default:
     the curve's most expensive point). If none is, the most accurate point, flagged."""
-    if max_drop < 0:
-        raise ValueError("max_drop is in accuracy points and must be >= 0")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not math.isfinite(max_drop) or max_drop < 0:
+        raise ValueError(f"max_drop is in accuracy points and must be a finite number >= 0, got {max_drop!r}")
+    if not curve.points:
+        raise ValueError(f"curve {curve.method!r} has no points to choose from")
     if reference_accuracy is None:
         reference_accuracy = max(curve.points, key=lambda p: p.macs_mean).accuracy
     floor = reference_accuracy - max_drop

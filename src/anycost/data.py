@@ -201,12 +201,33 @@ def load_cifar(data_dir: str | os.PathLike, dataset: str = "cifar10", split: str
     meta = safe_unpickle(root / spec["meta"])
     if spec["names_key"] not in meta:
         raise DataError(f"{root / spec['meta']}: no '{spec['names_key']}' key")
+    classes = _class_names(meta[spec["names_key"]], dataset, root / spec["meta"])
     x, y = _read_cifar_files(root, spec[split], spec["label_key"])
-    classes = list(meta[spec["names_key"]])
     if y.min() < 0 or y.max() >= len(classes):
         raise DataError(f"{root}: labels outside 0..{len(classes) - 1}")
     images = torch.from_numpy(x).view(-1, 3, 32, 32)  # rows are channel-major R, G, B planes
     return ImageDataset(images.contiguous(), torch.from_numpy(y), classes, f"{dataset}-{split}")
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+def _class_names(names, dataset: str, where: Path) -> list[str]:
+    """The class names of a CIFAR meta file, checked: CIFAR-10's ten names in their order, or
+    CIFAR-100's hundred distinct ones. Anything else (another dataset's meta file, a truncated
+    list) would train and report against the wrong labels, so it is a DataError."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{where}: class names must be a list of strings, got {type(names).__name__}")
+    names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+    want = _NUM_CLASSES[dataset]
+    if len(names) != want or len(set(names)) != want:
+        raise DataError(f"{where}: {dataset} has {want} distinct class names, this file lists {len(names)} "
+                        f"({len(set(names))} distinct): {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}")
+    if dataset == "cifar10" and tuple(names) != CIFAR10_CLASSES:
+        raise DataError(f"{where}: not CIFAR-10's class names (expected {', '.join(CIFAR10_CLASSES)}; "
+                        f"got {', '.join(names[:4])}, ...)")
+    return names
 
 
 def has_cifar_split(data_dir, dataset: str, split: str) -> bool:

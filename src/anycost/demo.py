@@ -65,7 +65,7 @@ def _train(base: TrainConfig, out: Path, job: Job, data):
     torch.manual_seed(base.seed)
     net = create_model(job.arch, num_classes=data.num_classes, in_chans=data.input_size[0], **job.kwargs)
     train(replace(base, model=job.arch, model_kwargs=job.kwargs, out_dir=str(out / "runs" / job.label.replace(" ", "-"))),
-          model=net, data=data)
+          model=net, data=data, overwrite=True)  # scratch runs: a second demo into one --out starts afresh
     return net.eval()
 
 

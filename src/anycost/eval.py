@@ -27,6 +27,7 @@ __all__ = [*_curves_all, "evaluate_classifier", "collect_outputs", "evaluate_cur
 def evaluate_classifier(model: nn.Module, ds: ImageDataset, mean, std, batch_size: int = 1000, device="cpu",
                         channels_last: bool = False) -> dict:
     """Top-1/top-5 (%) and mean cross-entropy of ``model(x)`` over a split, no augmentation."""
+    _nonempty(ds)
     was = model.training
     model.eval()
     loader = BatchLoader(ds, batch_size, mean, std, device=device, channels_last=channels_last)
@@ -59,15 +60,14 @@ class Outputs:
 def collect_outputs(model: nn.Module, ds: ImageDataset, mean, std, op: OperatingPoint | None = None,
                     batch_size: int = 1000, device="cpu") -> Outputs:
     """Run ``model.infer(x, op)`` (a plain classifier is wrapped as static) over a split."""
+    _nonempty(ds)
     was = model.training
     model.eval()
     dyn = as_dynamic(model, tuple(ds.images.shape[1:]))
     loader = BatchLoader(ds, batch_size, mean, std, device=device)
     logits, labels, macs, paths, num_paths = [], [], [], [], 0
     for x, y in loader:
-        if not torch.isfinite(x).all():
-            raise ValueError("input batch contains NaN or inf")
-        out = dyn.infer(x, op)
+        out = dyn.infer(x, op)  # checks each batch: size, finiteness
         logits.append(out.logits.float().cpu())
         labels.append(y.cpu())
         macs.append(out.macs.double().cpu())
@@ -77,6 +77,12 @@ def collect_outputs(model: nn.Module, ds: ImageDataset, mean, std, op: Operating
     model.train(was)
     return Outputs(torch.cat(logits), torch.cat(labels), torch.cat(macs), torch.cat(paths) if paths else None, num_paths)
 
+
+
+def _nonempty(ds: ImageDataset) -> None:
+    """An empty split has no accuracy: a ValueError, not a NaN or a division by zero."""
+    if len(ds) == 0:
+        raise ValueError(f"split {ds.name!r} holds no images: nothing to evaluate")
 
 
 def fast_path(model: nn.Module) -> bool:
@@ -103,6 +109,7 @@ def evaluate_curve(model: nn.Module, ds: ImageDataset, mean, std, ops: list[Oper
     spread over the split are also run with real routing at every point, and any
     difference in route, per-input MACs or logits (beyond ``logit_atol``) raises
     :class:`RoutingMismatch`. ``real_routing=True`` routes everything for real instead."""
+    _nonempty(ds)
     dyn = as_dynamic(model, tuple(ds.images.shape[1:]))
     ops = ops or dyn.operating_points()
     cached = fast_path(dyn)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from anycost.core import check_budget
 from anycost.curves import CurvePoint, OperatingPoint, TradeoffCurve, bisect_knob, point_from_outputs
 
 METRICS = ("maxprob", "entropy", "margin")
@@ -128,9 +129,15 @@ def threshold_exits(cache: ExitCache, t: float, metric: str = "maxprob") -> Tens
     return first_true(stop)
 
 
+def threshold_param(t: float) -> float | str:
+    """A threshold as point params hold it: +inf ("never stop early") as the string "inf",
+    so that the point stays strict JSON; ``float()`` reads both forms."""
+    return "inf" if t == math.inf else float(t)
+
+
 def threshold_point(cache: ExitCache, t: float, metric: str = "maxprob") -> CurvePoint:
     ex = threshold_exits(cache, t, metric)
-    op = OperatingPoint(f"{metric}>={t:.4g}", {"policy": "threshold", "metric": metric, "threshold": float(t)})
+    op = OperatingPoint(f"{metric}>={t:.4g}", {"policy": "threshold", "metric": metric, "threshold": threshold_param(t)})
     return policy_point(cache, ex, cache.macs[ex].double(), op)
 
 
@@ -145,6 +152,7 @@ def threshold_curve(cache: ExitCache, metric: str = "maxprob", n: int = 25) -> T
 def calibrate_threshold(cache: ExitCache, macs_budget: float, metric: str = "maxprob") -> tuple[CurvePoint, bool]:
     """The threshold whose mean MACs fit ``macs_budget`` (as close as possible from below);
     reachable=False when even stopping everyone at the first exit costs more."""
+    check_budget(macs_budget)
     mean_macs = lambda t: float(cache.macs[threshold_exits(cache, t, metric)].double().mean())
     t, _, ok = bisect_knob(mean_macs, 0.0, 1.0 + 1e-6, macs_budget, tol=1e-5)
     return threshold_point(cache, t, metric), ok

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
 import subprocess
 import tempfile
+from collections.abc import Mapping
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +41,85 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def dumps(obj: Any) -> str:
     """JSON for records: objects indented one space per level (readable, diffable), lists of
-    plain values on one line (a 100-point curve or a channel list stays a few lines)."""
-    text = json.dumps(obj, indent=1, default=_json_default)
+    plain values on one line (a 100-point curve or a channel list stays a few lines).
+
+    Strict JSON: a NaN or infinite float is written as null, and a record (a dict) says why
+    under :data:`NONFINITE_KEY`, ``{JSON pointer: "NaN" | "Infinity" | "-Infinity"}``, which
+    :func:`loads` reads back; ``allow_nan=False`` makes anything that slips past an error."""
+    bad: dict[str, str] = {}
+    plain = _plain_json(obj, "", bad)
+    if bad and isinstance(plain, dict):
+        old = plain.get(NONFINITE_KEY)
+        plain[NONFINITE_KEY] = {**(old if isinstance(old, dict) else {}), **bad}
+    text = json.dumps(plain, indent=1, allow_nan=False)
     # a list holding no list or object; JSON strings never contain a raw newline, so only
     # layout whitespace is removed
     return _FLAT_LIST.sub(lambda m: _LAYOUT.sub("", m.group()), text)
 
 
+def loads(text: str) -> Any:
+    """A record's JSON with the values :func:`dumps` wrote as null put back (NaN, +-inf). Old
+    records holding bare NaN / Infinity tokens read as before."""
+    obj = json.loads(text)
+    if isinstance(obj, dict) and isinstance(obj.get(NONFINITE_KEY), dict):
+        for ptr, what in obj.pop(NONFINITE_KEY).items():
+            _restore(obj, ptr, _NONFINITE.get(what))
+    return obj
+
+
+NONFINITE_KEY = "nonfinite"
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _FLAT_LIST = re.compile(r'\[(?:[^\[\]{}"]|"(?:[^"\\]|\\.)*")*\]')  # strings are skipped whole
 _LAYOUT = re.compile(r"\n\s*")
+
+
+def _plain_json(o: Any, ptr: str, bad: dict[str, str]) -> Any:
+    """``o`` as plain JSON values (tensors as lists, objects by ``to_dict``), every non-finite
+    float replaced by None and noted in ``bad`` under its JSON pointer."""
+    if o is None or isinstance(o, (str, bool)):
+        return o
+    if isinstance(o, Integral):
+        return int(o)
+    if isinstance(o, Real):
+        v = float(o)
+        if math.isfinite(v):
+            return v
+        bad[ptr] = "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        return None
+    if isinstance(o, Mapping):
+        return {k: _plain_json(v, f"{ptr}/{_escape(k)}", bad) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain_json(v, f"{ptr}/{i}", bad) for i, v in enumerate(o)]
+    return _plain_json(_json_default(o), ptr, bad)
+
+
+def _escape(key: Any) -> str:
+    """One JSON pointer step (RFC 6901) for a key, spelt as json.dumps writes it."""
+    k = key if isinstance(key, str) else json.dumps(key)  # 1 -> "1", True -> "true", None -> "null"
+    return k.replace("~", "~0").replace("/", "~1")
+
+
+def _restore(obj: Any, ptr: str, value: float | None) -> None:
+    """Put ``value`` at JSON pointer ``ptr`` of ``obj`` where null stands there; otherwise leave it."""
+    if value is None or not isinstance(ptr, str) or not ptr.startswith("/"):
+        return
+    *path, last = [p.replace("~1", "/").replace("~0", "~") for p in ptr[1:].split("/")]
+    for step in path:
+        obj = _step(obj, step)
+        if obj is None:
+            return
+    if isinstance(obj, dict) and obj.get(last, 0) is None:
+        obj[last] = value
+    elif isinstance(obj, list) and last.isdigit() and int(last) < len(obj) and obj[int(last)] is None:
+        obj[int(last)] = value
+
+
+def _step(obj: Any, key: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(key)
+    if isinstance(obj, list) and key.isdigit() and int(key) < len(obj):
+        return obj[int(key)]
+    return None
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
@@ -132,7 +205,7 @@ def read_record(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise RecordError(f"{path}: record not found")
     try:
-        rec = json.loads(path.read_text())
+        rec = loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RecordError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT:

@@ -2,7 +2,9 @@
 
 For every entry of a suite (static ResNets, early exit, network selection, CNMM, LC-Net),
 use the zoo entry, or (without ``--reuse``) train it, calibrate it through the model
-contract (``model.calibrate(data, "calib")``) and add it to the zoo folder. Then measure
+contract (``model.calibrate(data, "calib")``) and add it to the zoo folder (default: the user
+zoo, ``$ANYCOST_HOME/zoo``; never the package or the repository's ``zoo/`` unless given
+that folder). Then measure
 every entry on the test split when its files exist, else on the validation holdout, time it
 at batch 1 and in batches, and write one combined record, an accuracy-vs-MACs plot, a
 wall-clock plot and a Markdown table. Entries that are neither in the zoo nor trainable
@@ -125,7 +127,9 @@ def _zoo_dep(zoo: Path, name: str, what: str) -> str:
 
 
 def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
-    """Train (or assemble) an entry that is not in the zoo, calibrate it, add it to the zoo."""
+    """Train (or assemble) an entry that is not in the zoo, calibrate it, add it to the zoo.
+    No record has its name (the caller checked), so a file left by an interrupted export may
+    be replaced; shipped names are refused all the same."""
     from anycost.models.cascade import Cascade
     from anycost.train import train
     from anycost.zoo import export_cascade, export_to_zoo, load, load_model_file
@@ -136,7 +140,7 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
             raise FileNotFoundError(f"{e.name} needs {', '.join(missing)} first")
         model = Cascade([load(m, zoo_dir=zoo) for m in e.members], data.input_size, e.members)
         model.calibrate(data, "calib", **e.search)
-        export_cascade(e.name, list(e.members), model.operating_points(), zoo)
+        export_cascade(e.name, list(e.members), model.operating_points(), zoo, overwrite=True)
         return
     # both are read from the zoo the suite fills (a reproduction distils from the ResNet it trained itself)
     init = _zoo_dep(zoo, e.init_from, f"{e.name} starts from") if e.init_from else None
@@ -149,29 +153,29 @@ def _obtain(e: Entry, data, base, zoo: Path, runs: Path, say) -> None:
     train(cfg, resume=(run / "last.pt").exists(), data=data)
     model = load_model_file(run / "last.pt")
     model.calibrate(data, "calib", **e.search)
-    export_to_zoo(run, e.name, zoo, model=model)
+    export_to_zoo(run, e.name, zoo, model=model, overwrite=True)
 
 
 def run_reproduce(dataset: str = "cifar10", recipe: str = "cpu30", data_dir: str | None = None, reuse: bool = False,
                   out: str = "runs/reproduce", zoo_dir: str | None = None, epochs: int | None = None,
                   bench: bool = True, latency_runs: int = 30, progress: bool = True, verify: int = 500) -> dict:
+    """Run suite ``dataset`` (see the module docstring) with zoo folder ``zoo_dir`` (default:
+    the user zoo) and outputs in ``out``; returns the combined record."""
     from anycost.train import TrainConfig, load_recipe
-    from anycost.zoo import load, repo_zoo_dir
+    from anycost.zoo import load, user_dir
 
     t_start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     if dataset not in SUITES:
         raise ValueError(f"no reproduction suite for '{dataset}' (have: {', '.join(SUITES)})")
-    zoo = Path(zoo_dir) if zoo_dir else repo_zoo_dir()
-    if zoo is None:
-        raise ValueError("not a source checkout: give zoo_dir (a folder for the suite's weights and records)")
+    zoo = Path(zoo_dir) if zoo_dir else user_dir()
     outp = Path(out)
     base = TrainConfig.from_dict(dict(load_recipe(recipe), dataset=dataset, data_dir=data_dir))
     base = replace(base, progress=progress, epochs=epochs or base.epochs)
     data = load_dataset(dataset, data_dir)
     measure = "test" if dataset in ("cifar10", "cifar100") and has_cifar_split(data_dir, dataset, "test") else "holdout"
     say(f"suite {dataset}: {len(SUITES[dataset])} entries; measuring on '{measure}'"
-        + ("" if measure == "test" else " (no test files: the validation holdout)"))
+        + ("" if measure == "test" else " (no test files: the validation holdout)") + f"; new entries go to {zoo}")
     curves, benches, missing = [], {}, []
     suite = SUITES[dataset]
     for i, e in enumerate(suite, 1):

@@ -19,14 +19,19 @@
 * A run folder holds ``record.json`` (config, commit, seed, hardware, per-epoch metrics)
   and ``last.pt``, written atomically after every epoch. ``resume=True`` restores model,
   optimizer, scheduler and every RNG stream, so a run killed mid-epoch ends with the same
-  weights as an uninterrupted one.
+  weights as an uninterrupted one. A folder holding a run is only reused with ``resume`` or
+  ``overwrite``, and is locked while a process trains into it (see :func:`train`).
+* Every config field is type- and range-checked (``TrainConfig.validate``) when the config
+  is built and again when training starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -39,7 +44,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from anycost.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_atomic
-from anycost.data import BatchLoader, crop_pad, load_dataset
+from anycost.data import DATASETS, BatchLoader, crop_pad, load_dataset
 from anycost.distributed import LossModule, all_reduce_sums, convert_batchnorm
 from anycost.distributed import setup as dist_setup
 from anycost.distributed import teardown as dist_teardown
@@ -47,6 +52,11 @@ from anycost.eval import evaluate_classifier
 from anycost.losses import distillation_loss
 from anycost.models import create_model
 from anycost.records import git_commit, make_record, write_json_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None
 
 CKPT_FORMAT = "anycost-train-v1"
 
@@ -110,37 +120,100 @@ class TrainConfig:
     ema: float = 0.0
     ema_warmup: int = 0  # steps before the average starts tracking (it copies the weights until then)
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):  # a JSON integer for a float field is that float
+            v = getattr(self, f.name)
+            if _base_type(f) == "float" and isinstance(v, int) and not isinstance(v, bool):
+                setattr(self, f.name, float(v))
+        self.validate()
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+            raise ValueError(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
         return cls(**d)
 
     def validate(self) -> None:
-        if self.epochs <= 0 or self.batch_size <= 0:
-            raise ValueError("epochs and batch_size must be positive")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive")
-        if self.schedule not in ("onecycle", "cosine"):
-            raise ValueError(f"schedule must be onecycle or cosine, got '{self.schedule}'")
-        if not 0 <= self.warmup < 1:
-            raise ValueError("warmup is a fraction in [0, 1)")
-        if any(not isinstance(v, (int, float)) or v <= 0 for v in self.lr_mult.values()):
-            raise ValueError(f"lr_mult values must be positive numbers, got {self.lr_mult}")
-        if not isinstance(self.cutout, int) or self.cutout < 0:
-            raise ValueError(f"cutout is a square side in pixels, >= 0 (0: off), got {self.cutout!r}")
-        if self.amp not in (None, "bf16"):
-            raise ValueError(f"amp must be 'bf16' or None (float32), got '{self.amp}'")
-        if self.distill < 0 or self.distill_temp <= 0:
-            raise ValueError("distill must be >= 0 and distill_temp > 0")
-        if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
-            raise ValueError(f"ema is a per-step decay in [0, 1) (0: off), got {self.ema!r}")
-        if not isinstance(self.ema_warmup, int) or self.ema_warmup < 0:
-            raise ValueError(f"ema_warmup is a step count >= 0, got {self.ema_warmup!r}")
+        """Every field's type and range, then the settings that go together. Raises a
+        ValueError naming the key, the bad value and what is allowed (run again by ``train``,
+        so a field changed after construction is checked too)."""
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        if any(not isinstance(k, str) or not _is_number(v) or v <= 0 for k, v in self.lr_mult.items()):
+            raise ValueError(f"lr_mult values must be positive finite numbers by parameter-name prefix, "
+                             f"e.g. {{\"predictors\": 10}}, got {self.lr_mult!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0, got momentum=0 (set nesterov=false or a momentum)")
         if bool(self.teacher) != (self.distill > 0):
-            raise ValueError("distillation needs both a teacher and a weight distill > 0")
+            raise ValueError(f"distillation needs both a teacher and a weight distill > 0, got teacher="
+                             f"{self.teacher!r}, distill={self.distill!r}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_device(v: str) -> bool:
+    try:
+        torch.device(v)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+_TYPES = {"int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+          "float": (_is_number, "a finite number"),
+          "bool": (lambda v: isinstance(v, bool), "true or false"),
+          "str": (lambda v: isinstance(v, str), "a string"),
+          "dict": (lambda v: isinstance(v, dict), "a JSON object such as {\"key\": 1}")}
+
+# the values a field takes beyond its type: (test, what is allowed)
+_LIMITS = {
+    "model": (bool, "a registered model name (see `anycost models`)"),
+    "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "val_size": (lambda v: v >= 0, "an integer >= 0, images carved off for validation (null: the dataset's default)"),
+    "split_seed": (lambda v: v >= 0, "an integer >= 0"),
+    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "lr": (lambda v: v > 0, "a finite number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    "schedule": (lambda v: v in ("onecycle", "cosine"), "'onecycle' or 'cosine'"),
+    "warmup": (lambda v: 0 <= v < 1, "a fraction of all steps in [0, 1)"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "pad": (lambda v: v >= 0, "an integer >= 0, the crop padding in pixels (null: image side / 8)"),
+    "cutout": (lambda v: v >= 0, "an integer >= 0, a square side in pixels (0: off)"),
+    "amp": (lambda v: v == "bf16", "'bf16' or null (float32)"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "device": (_is_device, "a torch device such as cpu, cuda or cuda:1"),
+    "threads": (lambda v: v >= 1, "an integer >= 1 (null: torch's default)"),
+    "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "out_dir": (bool, "a non-empty folder path"),
+    "init_from": (bool, "a zoo name, checkpoint or run folder (null: none)"),
+    "teacher": (bool, "a zoo name, checkpoint or run folder (null: none)"),
+    "distill": (lambda v: v >= 0, "a finite number >= 0 (0: off)"),
+    "distill_temp": (lambda v: v > 0, "a finite number > 0"),
+    "ema": (lambda v: 0 <= v < 1, "a per-step decay in [0, 1) (0: off)"),
+    "ema_warmup": (lambda v: v >= 0, "an integer >= 0, a step count"),
+}
+
+
+def _base_type(f: dataclasses.Field) -> str:
+    """'int' for ``int`` and ``int | None`` (annotations are strings here)."""
+    return str(f.type).split("|")[0].strip()
+
+
+def _check_field(f: dataclasses.Field, v) -> None:
+    optional = str(f.type).replace(" ", "").endswith("|None")
+    if v is None and optional:
+        return
+    is_type, what = _TYPES[_base_type(f)]
+    test, allowed = _LIMITS.get(f.name, (None, what))
+    if not is_type(v) or (test is not None and not test(v)):
+        allowed += " or null" if optional and "null" not in allowed else ""
+        raise ValueError(f"{f.name} must be {allowed}, got {v!r}")
 
 
 def list_recipes() -> list[str]:
@@ -275,21 +348,183 @@ class StopTraining(Exception):
     """Raised by an ``on_step`` callback to stop a run (tests simulate a kill with it)."""
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = None,
-          data=None, on_step: Callable[[int], None] | None = None) -> dict:
+LOCK_NAME = "train.lock"
+
+# Fields a resumed run may change without --force: where and how fast it runs, never what it
+# computes (compile and channels_last change the arithmetic only as another thread count
+# does, by floating-point rounding). Every other field changes the result.
+RESUME_FREE = frozenset({"progress", "threads", "device", "out_dir", "data_dir", "eval_batch_size", "compile",
+                         "channels_last"})
+
+
+class RunFolderError(ValueError):
+    """A run folder that training may not use as asked: it holds a run and neither resume nor
+    overwrite was given, or another process is training into it."""
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, enabled: bool = True):
+    """Hold ``out/train.lock`` (``fcntl.flock``, non-blocking) while training, so a second
+    process training into the same folder fails at once instead of interleaving its
+    checkpoints with ours. The kernel drops the lock when the process ends, even when it is
+    killed (the stale file is then harmless); a run that ends removes it."""
+    if not enabled or fcntl is None:  # torchrun's other ranks never write; no flock on Windows
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fd = _lock_file(out)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        (out / LOCK_NAME).unlink(missing_ok=True)  # before the lock goes: see _lock_file
+        os.close(fd)
+
+
+def _lock_file(out: Path) -> int:
+    """An open, flock-ed descriptor of ``out/train.lock``. A lock taken on a file that its
+    holder removed on the way out is no lock, so then the new file is taken instead."""
+    path = out / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunFolderError(f"{out} is in use: another process{f' (pid {pid})' if pid else ''} is training "
+                                 "into it; wait for it to end or choose another --out") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def run_state(out: Path) -> tuple[str | None, str]:
+    """('done', '') when record.json says the run finished, ('unfinished', how far) when a
+    last.pt is there without that, else (None, '')."""
+    try:
+        rec = json.loads((out / "record.json").read_text())
+        rec = rec if isinstance(rec, dict) else {}
+    except (OSError, ValueError):
+        rec = {}
+    results = rec.get("results") or {}
+    if results.get("status") == "done":
+        return "done", ""
+    if (out / "last.pt").exists():
+        done, n = results.get("epochs_done"), (rec.get("config") or {}).get("epochs")
+        return "unfinished", f"{done} of {n} epochs done" if done is not None and n else "last.pt"
+    return None, ""
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run over a finished or unfinished one (``overwrite`` allows it)."""
+    if resume or overwrite:
+        return
+    state, how_far = run_state(out)
+    if state == "done":
+        raise RunFolderError(f"{out} holds a finished run (record.json status 'done'); pass --overwrite to "
+                             "replace it or choose another --out")
+    if state == "unfinished":
+        raise RunFolderError(f"{out} holds an unfinished run ({how_far}); use --resume to continue it or "
+                             "--overwrite to start over")
+
+
+def discard_run(out: Path) -> None:
+    """An overwritten run's files go once the new run is set up, so that a failure in the
+    set-up leaves the old run as it was, and a killed new run leaves no stale last.pt."""
+    for name in ("last.pt", "record.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def load_resume_checkpoint(out: Path, cfg: TrainConfig, force: bool) -> dict:
+    """The run folder's last.pt, after checking that ``cfg`` may resume it."""
+    path = out / "last.pt"
+    if not path.exists():
+        raise CheckpointError(f"{path}: nothing to resume (no checkpoint in {out})")
+    ck = load_checkpoint(path)
+    if ck.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path}: not an anycost training checkpoint")
+    changes = resume_changes(ck["config"], cfg)
+    if changes and not force:
+        said = "; ".join(f"'{k}' was {c['from']!r}, now {c['to']!r}" for k, c in changes.items())
+        raise CheckpointError(f"cannot resume: {said} (these change the result; --force resumes anyway and "
+                              "records the changes)")
+    return ck
+
+
+def resume_changes(old: dict, cfg: TrainConfig) -> dict:
+    """``{field: {"from": saved, "to": now}}`` for every field outside :data:`RESUME_FREE`
+    that differs from the checkpoint's config (a field older checkpoints lack counts as its
+    default)."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in RESUME_FREE:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        was, now = old.get(f.name, default), getattr(cfg, f.name)
+        if was != now:
+            changes[f.name] = {"from": was, "to": now}
+    return changes
+
+
+def apply_hyperparameters(opt, sched, model: nn.Module, cfg: TrainConfig, total_steps: int) -> None:
+    """After a forced resume, give the optimiser and schedule the new config: their saved state
+    holds the old lr, momentum, weight decay and schedule, which would otherwise win silently."""
+    fresh = param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_mult)
+    sched.lr_lambdas = [Schedule(cfg.schedule, total_steps, cfg.warmup) for _ in opt.param_groups]
+    sched.base_lrs = [g["lr"] for g in fresh]
+    for g, new, fn in zip(opt.param_groups, fresh, sched.lr_lambdas):
+        g.update(weight_decay=new["weight_decay"], momentum=cfg.momentum, nesterov=cfg.nesterov,
+                 initial_lr=new["lr"], lr=new["lr"] * fn(sched.last_epoch))
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
+          model: nn.Module | None = None, data=None, on_step: Callable[[int], None] | None = None) -> dict:
     """Train and return the final record. ``model``/``data`` may be passed in (the families
     build theirs); otherwise both come from the config. A model passed in must be what
     ``create_model(cfg.model, **cfg.model_kwargs)`` builds: the checkpoint records those
-    arguments so that the run can be reloaded and exported."""
+    arguments so that the run can be reloaded and exported.
+
+    A run folder holding a run is never silently replaced: ``resume`` continues it (refusing
+    changed settings that change the result unless ``force``, see :data:`RESUME_FREE`),
+    ``overwrite`` starts over, and without either a finished or unfinished run is an error.
+    The folder is locked for the whole run, so a second process training into it fails."""
     cfg.validate()
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite starts it over: give one of them")
+    if force and not resume:
+        raise ValueError("--force only applies with --resume (it resumes despite changed settings)")
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"out_dir {out} is a file; give a folder for the run")
+    if resume and not (out / "last.pt").exists():  # said before the lock creates the folder
+        raise CheckpointError(f"{out / 'last.pt'}: nothing to resume (no checkpoint in {out})")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = dist_setup(cfg.device)  # one process unless launched by torchrun
+    try:
+        with run_lock(out, enabled=info.is_main):
+            check_run_folder(out, resume, overwrite)
+            ck = load_resume_checkpoint(out, cfg, force) if resume else None
+            return _train(cfg, info, ck, overwrite, model, data, on_step)
+    finally:
+        dist_teardown(info)
+
+
+def _train(cfg: TrainConfig, info, ck: dict | None, overwrite: bool, model: nn.Module | None, data,
+           on_step: Callable[[int], None] | None) -> dict:
+    """The run itself, with the folder checked and locked; ``ck`` is the checkpoint to resume."""
+    resume = ck is not None
     device = info.device
     if cfg.amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("amp='bf16' on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated there and "
                       "slower than float32; pass --amp none there",
-                      stacklevel=2)
+                      stacklevel=3)
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must divide among {info.world_size} processes")
     out = Path(cfg.out_dir)
@@ -319,22 +554,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     start_epoch, history, train_seconds = 0, [], 0.0
+    forced = ck.get("forced_changes", []) if resume else []
     if resume:
-        if not ckpt_path.exists():
-            raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint in {out})")
-        ck = load_checkpoint(ckpt_path)
-        if ck.get("format") != CKPT_FORMAT:
-            raise CheckpointError(f"{ckpt_path}: not an anycost training checkpoint")
-        old = ck["config"]
-        defaults = {"teacher": None, "distill": 0.0, "lr_mult": {}, "cutout": 0, "ema": 0.0, "ema_warmup": 0}  # keys older checkpoints lack
-        for key in ("model", "model_kwargs", "dataset", "batch_size", "epochs", "seed", "split_seed", "val_size",
-                    "teacher", "distill", "lr_mult", "cutout", "ema", "ema_warmup"):
-            was = old.get(key, defaults.get(key))
-            if was != getattr(cfg, key):
-                raise CheckpointError(f"cannot resume: '{key}' was {was!r}, now {getattr(cfg, key)!r}")
         load_state_dict_strict(model, ck.get("train_model", ck["model"]), str(ckpt_path))
-        opt.load_state_dict(ck["optimizer"])
+        try:
+            opt.load_state_dict(ck["optimizer"])
+        except ValueError as e:  # a forced lr_mult change that regroups the parameters
+            raise CheckpointError(f"{ckpt_path}: the saved optimiser state does not fit this run's parameter "
+                                  f"groups ({e})") from None
         sched.load_state_dict(ck["scheduler"])
+        changes = resume_changes(ck["config"], cfg)
+        if changes:  # forced: the saved optimiser and schedule state would keep the old values
+            apply_hyperparameters(opt, sched, model, cfg, cfg.epochs * steps_per_epoch)
+            forced = forced + [{"at_epoch": ck["epoch"], "changes": changes}]
         gen.set_state(ck["loader_rng"])
         torch.set_rng_state(ck["torch_rng"])
         start_epoch, history, train_seconds = ck["epoch"], ck["history"], ck.get("train_seconds", 0.0)
@@ -362,9 +594,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
     def write_record(status: str):
         results = {"status": status, "epochs_done": len(history), "history": history, "train_seconds": train_seconds,
                    "final": history[-1] if history else None}
+        if forced:  # what a --force resume changed, so the record does not claim one config throughout
+            results["forced_changes"] = forced
         write_json_atomic(rec_path, make_record("train", config_dict, results, seed=cfg.seed, device=device,
                                                 model=meta, split=data.split_info, git=git_at_start))
 
+    if overwrite and info.is_main:
+        discard_run(out)
     total_steps = cfg.epochs * steps_per_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -429,7 +665,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
             save_atomic({"format": CKPT_FORMAT, "config": config_dict, "epoch": epoch + 1, **state,
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "loader_rng": gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "history": history, "train_seconds": train_seconds,
-                         "meta": meta}, ckpt_path)
+                         "meta": meta, "forced_changes": forced}, ckpt_path)
             write_record("running" if epoch + 1 < cfg.epochs else "done")
             if info.enabled:
                 torch.distributed.barrier()
@@ -441,8 +677,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, model: nn.Module | None = N
         if info.is_main:
             write_record("interrupted")
         raise
-    finally:
-        dist_teardown(info)
     if not history and info.is_main:  # resumed a finished run
         write_record("done")
     return json.loads(rec_path.read_text())

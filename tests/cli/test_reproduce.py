@@ -4,6 +4,15 @@ import pytest
 
 from anycost.cli import main
 
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """An empty $ANYCOST_HOME: the machine's own user zoo must not lend entries to the suite."""
+    monkeypatch.setenv("ANYCOST_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ANYCOST_ZOO", raising=False)
+    return tmp_path / "home"
+
+
 NAMES = {"resnet8.w4_digits", "resnet8.w16_digits", "test_ee_resnet.w16_digits", "cascade.w4_w16_digits", "test_cnmm.w16_digits", "test_lcnet.digits"}
 
 
@@ -40,6 +49,16 @@ def test_reproduce_reuse_lists_what_is_missing(tmp_path, capsys):
     rec = json.loads((tmp_path / "reproduce_record.json").read_text())
     assert len(rec["results"]["missing"]) == 6 and rec["results"]["curves"] == []
     assert "missing: resnet8.w4_digits" in (tmp_path / "results.md").read_text()
+
+
+def test_reproduce_defaults_to_the_user_zoo(tmp_path, home):
+    """Not the repository's zoo/: `anycost reproduce` in a checkout must not change tracked files."""
+    from anycost.zoo import repo_zoo_dir
+
+    assert main(["reproduce", "digits", "--reuse", "--out", str(tmp_path / "out"), "--no-bench"]) == 0
+    rec = json.loads((tmp_path / "out" / "reproduce_record.json").read_text())
+    assert rec["config"]["zoo"] == str(home / "zoo") != str(repo_zoo_dir())
+    assert len(rec["results"]["missing"]) == 6
 
 
 def test_suite_entries_name_real_models():

@@ -13,14 +13,22 @@ from ._common import EPILOG, UserError
 __all__ = ["main", "build_parser", "UserError", "COMMANDS"]
 
 # in the order `anycost --help` lists them
-COMMANDS = ["demo", "models", "zoo", "train", "publish", "calibrate", "eval", "bench", "export", "plot", "report",
-            "reproduce"]
+COMMANDS = ["demo", "models", "zoo", "train", "publish", "calibrate", "eval", "predict", "bench", "export", "plot",
+            "report", "reproduce"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown flag, ``--epochs 1.5``) as one line, exit 2, like
+    every other user error; the usage is one ``--help`` away. Sub-commands inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from anycost import __version__
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="anycost", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         fromfile_prefix_chars="@",  # `anycost report @args.txt`: long record lists live in a file
         description="Networks whose inference cost is chosen at run time: train, calibrate, evaluate, "

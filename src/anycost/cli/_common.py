@@ -1,9 +1,11 @@
-"""What the command modules share: the user-error type, argument parsers and the
-one loader for "a model the user named" (zoo entry, alias, checkpoint or run folder)."""
+"""What the command modules share: the user-error type, argument parsers, the checks every
+command makes before it starts work (device, threads, output files) and the one loader for
+"a model the user named" (zoo entry, alias, checkpoint or run folder)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 EPILOG = "All costs are MACs (multiply-accumulates) per input; FLOPs = 2 x MACs."
@@ -84,12 +86,57 @@ def check_input_size(ds, cfg: dict, split: str) -> None:
         raise UserError(f"{split} images are {tuple(ds.images.shape[1:])} but the model expects {want}")
 
 
-def set_threads(n: int | None) -> None:
-    if n:
-        import torch
+def set_threads(n: int | None, flag: str = "--threads") -> None:
+    """Fix torch's CPU thread count (None: leave torch's); 0 or a negative count is a mistake,
+    not "the default", so it is refused before any work."""
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"{flag} must be a thread count >= 1 (leave it out for torch's default), got {n!r}")
+    import torch
 
-        torch.set_num_threads(n)
+    torch.set_num_threads(n)
 
 
-def add_zoo_dir(p, what: str = "where zoo names are looked up first (else $ANYCOST_ZOO, the repository's zoo/, the cache)") -> None:
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """Refuse, before any work, a device this machine cannot run on: a malformed name, CUDA
+    without a CUDA device, or a CUDA index past the last device."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{flag} '{device}' is not a device; use cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UserError(f"{flag} {device}: no CUDA device is available on this machine; use --device cpu")
+        if d.index is not None and d.index >= n:
+            raise UserError(f"{flag} {device}: this machine has {n} CUDA device{'s' if n > 1 else ''} "
+                            f"(cuda:0 to cuda:{n - 1})")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{flag} {device}: no MPS device is available on this machine; use --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"{flag} '{device}': anycost runs on cpu, cuda (cuda:N) or mps")
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work, an output file that cannot be written: an existing folder,
+    a path under a file, or a folder without write permission. Returns the path."""
+    p = Path(path)
+    if not str(path).strip():
+        raise UserError(f"{flag} needs a file path, got '{path}'")
+    if p.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path, e.g. {p / 'record.json'}")
+    parent = next(a for a in [*p.parents, Path(".")] if a.exists())
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: no permission to write in {parent}")
+    return p
+
+
+def add_zoo_dir(p, what: str = "where zoo names are looked up first (then $ANYCOST_ZOO, the user zoo in $ANYCOST_HOME, the shipped zoo, the download cache)") -> None:
     p.add_argument("--zoo-dir", help=f"zoo folder: {what}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 
-from ._common import EPILOG, eval_split, load_model, model_label, set_threads, add_zoo_dir
+from ._common import (EPILOG, add_zoo_dir, check_device, check_output_file, eval_split, load_model, model_label,
+                      set_threads)
 from .eval import SPLITS
 
 HELP = "wall-clock latency (batch 1) and throughput per operating point"
@@ -39,10 +39,15 @@ def run(a) -> int:
 
     from anycost.bench import BenchConfig, bench_model
     from anycost.data import BatchLoader
-    from anycost.records import make_record, write_json_atomic
+    from anycost.records import dumps, make_record, write_json_atomic
     from anycost.report import bench_table
 
+    check_device(a.device)
     set_threads(a.threads)
+    bcfg = BenchConfig(batch_size=a.batch_size, latency_runs=a.latency_runs, throughput_batches=a.batches,
+                       warmup=a.warmup, threads=a.threads, rounds=a.rounds)  # checks the counts
+    name = model_label(a.model)
+    rec_path = check_output_file(a.record or f"runs/bench/{name}.json", "--record")
     model, cfg = load_model(a.model, a.device, a.zoo_dir)
     n = max(a.batch_size, a.latency_runs)
     ops = model.operating_points()
@@ -56,19 +61,15 @@ def run(a) -> int:
                   file=sys.stderr)
         x = torch.randn(n, *cfg["input_size"], generator=torch.Generator().manual_seed(0)).to(a.device)
         inputs = "random normal"
-    bcfg = BenchConfig(batch_size=a.batch_size, latency_runs=a.latency_runs, throughput_batches=a.batches,
-                       warmup=a.warmup, threads=a.threads, rounds=a.rounds)
     with warnings.catch_warnings():  # said once below, in the CLI's own words
         warnings.simplefilter("ignore")
         res = bench_model(model, x, ops, bcfg)
     res["inputs"] = inputs
-    name = model_label(a.model)
     rec = make_record("bench", {"model": a.model, **bcfg.__dict__, "inputs": inputs}, {"bench": res, "method": name},
                       device=a.device, checkpoint={"path": cfg.get("source"), "sha256": cfg.get("sha256")})
-    rec_path = a.record or f"runs/bench/{name}.json"
     write_json_atomic(rec_path, rec)
     if a.json:
-        print(json.dumps(dict(res, model=name, record=rec_path, hardware=rec["hardware"]), indent=1))
+        print(dumps(dict(res, model=name, record=str(rec_path), hardware=rec["hardware"])))
     else:
         print(bench_table(name, res))
         for u in res["unsteady"]:

@@ -16,7 +16,9 @@ def add(sub) -> None:
                                    "policies for exits and cascades, pruned networks for a CNMM, gate thresholds for "
                                    "an LC-Net) on --calib-split, keep the accuracy-vs-MACs frontier, and measure it "
                                    "with real routing on --split. --budget also reports the point (or the mixture of "
-                                   "two) that at_budget picks. --save stores the calibrated model as a zoo entry.")
+                                   "two) that at_budget picks. --save stores the calibrated model as a zoo entry in the "
+                                   "user zoo ($ANYCOST_HOME/zoo, default ~/.cache/anycost/zoo) or --zoo-dir; shipped "
+                                   "entries are never replaced, and a taken name needs --overwrite.")
     c.add_argument("model", nargs="?", help="zoo name, checkpoint .pt or run folder")
     c.add_argument("--cascade", nargs="+", metavar="MODEL", help="network selection over these classifiers, cheapest first")
     c.add_argument("--data-dir")
@@ -27,8 +29,13 @@ def add(sub) -> None:
                    help="a keyword of the family's search, repeatable (e.g. metrics='[\"maxprob\"]' for exits, "
                         "mechanisms='[\"edges\"]' for a CNMM); see the family's candidate_operating_points")
     c.add_argument("--budget", type=float, help="also report what at_budget picks for this mean-MAC budget")
-    c.add_argument("--save", metavar="ARCH.TAG", help="store the calibrated model under this name in --zoo-dir")
-    c.add_argument("--zoo-dir", help="zoo folder: where zoo names are looked up first, and where --save writes")
+    c.add_argument("--save", metavar="ARCH.TAG",
+                   help="store the calibrated model under this name ([a-z0-9_.-], starting with the model's arch) "
+                        "in --zoo-dir, else the user zoo")
+    c.add_argument("--overwrite", action="store_true", help="let --save replace an entry of yours with that name "
+                                                            "(shipped entries are never replaced)")
+    c.add_argument("--zoo-dir", help="zoo folder: where zoo names are looked up first, and where --save writes "
+                                     "(default: the user zoo)")
     c.add_argument("--batch-size", type=int, default=500)
     c.add_argument("--device", default="cpu")
     c.add_argument("--record", help="record path (default runs/calibrate/NAME.json)")
@@ -44,8 +51,10 @@ def run(a) -> int:
 
     if a.calib_split == a.split:
         raise UserError("--calib-split and --split must differ: choosing and measuring on the same images is optimistic")
-    if a.save and not a.zoo_dir:
-        raise UserError("--save needs --zoo-dir (the package's own zoo is never written)")
+    if a.budget is not None:  # before the long calibration, not after it
+        from anycost.core import check_budget
+
+        check_budget(a.budget)
     if a.cascade:
         from anycost.zoo import build_cascade
 
@@ -57,6 +66,8 @@ def run(a) -> int:
         name = model_label(a.model)
     else:
         raise UserError("give a MODEL or --cascade M1 M2 ...")
+    if a.save:
+        _check_save(model, a)
     data, dataset = load_data(cfg, a.dataset, a.data_dir)
     options = parse_set(a.option, "--option")
     t0 = time.perf_counter()
@@ -89,8 +100,19 @@ def run(a) -> int:
     if a.save:
         from anycost.zoo import save_model
 
-        out = save_model(model, a.save, a.zoo_dir)
+        out = save_model(model, a.save, a.zoo_dir, overwrite=a.overwrite)
         print(f"saved {len(ops)} operating points with the model: {out}")
     print(curves_table([curve]))
     print(f"\nchosen on: {a.calib_split}; measured on: {a.split}; record: {rec_path}")
     return 0
+
+
+def _check_save(model, a) -> None:
+    """Refuse a bad --save name before calibrating, saying where it would have gone."""
+    from anycost.zoo import check_save, user_dir
+
+    try:
+        check_save(model, a.save, a.zoo_dir, a.overwrite)
+    except ValueError as e:
+        where = a.zoo_dir or f"the user zoo {user_dir()}"
+        raise UserError(f"--save: {e} (target: {where}; --zoo-dir DIR saves elsewhere)") from None

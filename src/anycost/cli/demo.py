@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ._common import EPILOG
+from pathlib import Path
+
+from ._common import EPILOG, UserError
 
 HELP = "offline demo: train small models on the embedded digits, table + plot"
 
@@ -20,6 +22,13 @@ def add(sub) -> None:
 
 def run(a) -> int:
     from anycost.demo import run_demo
+
+    if a.epochs is not None and a.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {a.epochs}")
+    if a.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {a.seed}")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise UserError(f"--out {a.out} is a file; give a folder for the demo's outputs")
 
     run_demo(a.out, epochs=a.epochs, seed=a.seed)
     return 0

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
-from ._common import EPILOG, UserError, check_input_size, eval_split, load_model, model_label, set_threads, add_zoo_dir
+from ._common import (EPILOG, UserError, add_zoo_dir, check_device, check_input_size, check_output_file, eval_split,
+                      load_model, model_label, set_threads)
 
 HELP = "measure accuracy and per-input MACs at every operating point"
 SPLITS = ["val", "calib", "holdout", "test", "train"]
@@ -47,10 +47,12 @@ def run(a) -> int:
     import torch
 
     from anycost.eval import evaluate_curve, fast_path
-    from anycost.records import make_record, write_json_atomic
+    from anycost.records import dumps, make_record, write_json_atomic
     from anycost.report import curves_table
 
-    set_threads(a.threads)
+    name = model_label(a.model)
+    rec_path = a.record or f"runs/eval/{name}-{a.split}.json"
+    check_args(a, rec_path)
     model, cfg = load_model(a.model, a.device, a.zoo_dir)
     if a.download:
         from anycost.data import download_cifar
@@ -58,10 +60,6 @@ def run(a) -> int:
         if not a.data_dir:
             raise UserError("--download needs --data-dir (where to put the files)")
         a.data_dir = str(download_cifar(a.data_dir, a.dataset or cfg.get("dataset") or "cifar10"))
-    if a.limit is not None and a.limit <= 0:
-        raise UserError(f"--limit must be a positive number of images, got {a.limit}")
-    if a.verify < 0:
-        raise UserError(f"--verify must be >= 0 images, got {a.verify}")
     ds, dataset = eval_split(cfg, a.dataset, a.data_dir, a.split)
     if a.limit is not None and a.limit < len(ds.labels):
         ds = ds.subset(torch.arange(a.limit))
@@ -70,7 +68,6 @@ def run(a) -> int:
     if a.op:
         ops = [model.find_op(n) for n in a.op]
     calibrated_on = ops[0].split if ops[0].calibrated else None
-    name = model_label(a.model)
     t0 = time.perf_counter()
     with torch.inference_mode():
         curve = evaluate_curve(model, ds, cfg["mean"], cfg["std"], ops, method=name, calibrated_on=calibrated_on,
@@ -92,22 +89,35 @@ def run(a) -> int:
                       {"curve": curve.to_dict(), "seconds": seconds, "method": how, "peak_rss_mb": peak_rss_mb()},
                       device=a.device,
                       checkpoint={"path": cfg.get("source"), "sha256": cfg.get("sha256")})
-    rec_path = a.record or f"runs/eval/{name}-{a.split}.json"
     if not a.no_record:
         write_json_atomic(rec_path, rec)
     if a.json:
         pts = [{"accuracy": p.accuracy, "top5": p.top5, "macs_mean": p.macs_mean, "macs_median": p.macs_median,
                 "macs_p95": p.macs_p95, "path_fractions": p.path_fractions, "operating_point": p.operating_point.to_dict()}
                for p in curve.points]
-        print(json.dumps({"model": name, "family": model.family, "split": a.split, "dataset": dataset,
-                          "n": curve.points[0].n, "calibrated_on": calibrated_on, "measured_on": a.split,
-                          "checkpoint_sha256": cfg.get("sha256"), "points": pts,
-                          "record": None if a.no_record else rec_path}, indent=1))
+        print(dumps({"model": name, "family": model.family, "split": a.split, "dataset": dataset,
+                     "n": curve.points[0].n, "calibrated_on": calibrated_on, "measured_on": a.split,
+                     "checkpoint_sha256": cfg.get("sha256"), "points": pts,
+                     "record": None if a.no_record else rec_path}))
     else:
         print(curves_table([curve]))
         if not a.no_record:
             print(f"\nrecord: {rec_path}")
     return 0
+
+
+def check_args(a, rec_path: str) -> None:
+    """Every flag that can be wrong, checked before the model loads: a mistake costs no work."""
+    check_device(a.device)
+    set_threads(a.threads)
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1 images, got {a.batch_size}")
+    if a.limit is not None and a.limit <= 0:
+        raise UserError(f"--limit must be a positive number of images, got {a.limit}")
+    if a.verify < 0:
+        raise UserError(f"--verify must be >= 0 images, got {a.verify}")
+    if not a.no_record:
+        check_output_file(rec_path, "--record")
 
 
 def peak_rss_mb() -> float | None:

@@ -30,6 +30,8 @@ def run(a) -> int:
 
     from anycost.deploy import to_onnx, to_torchscript
 
+    if Path(a.output).is_dir():
+        raise UserError(f"-o {a.output} is a folder; give the file to write, e.g. {Path(a.output) / 'model.pt'}")
     model, cfg = load_model(a.model, zoo_dir=a.zoo_dir)
     op = model.at_budget(a.budget, mix=False) if a.budget is not None else (model.find_op(a.op) if a.op else None)
     op = op or model.default_op()

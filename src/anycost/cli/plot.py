@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import EPILOG, UserError, label_globs
+from ._common import EPILOG, UserError, check_output_file, label_globs
 
 HELP = "plot accuracy vs MACs from records (never runs a model)"
 
@@ -26,6 +26,7 @@ def run(a) -> int:
     from anycost.plot import drop_curves, group_static, load_curves, plot_curves
 
     groups = label_globs(a.static_group, "--static-group", "distilled=*_kd")
+    check_output_file(a.output, "--output")
     curves = drop_curves(load_curves(a.records), a.exclude or [])
     try:
         curves = group_static(curves, groups)

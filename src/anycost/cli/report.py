@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 
 from ._common import EPILOG, UserError, label_globs
@@ -40,6 +41,9 @@ def run(a) -> int:
     from anycost.records import RecordError, read_record
     from anycost.report import bench_table, curves_table, gap_table, headline_table, summary_table, train_table
 
+    bad = [x for x in a.max_loss if not (math.isfinite(x) and x >= 0)]
+    if bad:
+        raise UserError(f"--max-loss takes accuracy losses in points, finite and >= 0, got {bad[0]}")
     if not (a.summary or a.headline) and (a.reference or a.max_loss != [0.5, 1.0]):
         raise UserError("--reference and --max-loss belong to --summary or --headline")
     if a.headline and not (a.gap and a.reference):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._common import EPILOG
+from ._common import EPILOG, add_zoo_dir
 
 HELP = "list pretrained models"
 
@@ -14,7 +14,9 @@ def add(sub) -> None:
                        description="List the zoo's entries: name (use it with anycost.load(NAME), `anycost eval NAME` "
                                    "or create_model(ARCH, pretrained=TAG)), family, top-1 with the split it was "
                                    "measured on, MACs of the most expensive setting, calibrated operating points, "
-                                   "epochs and weights size.")
+                                   "epochs and weights size. Your own entries (the user zoo, $ANYCOST_HOME/zoo, default "
+                                   "~/.cache/anycost/zoo, and --zoo-dir / $ANYCOST_ZOO) are listed with the shipped ones.")
+    add_zoo_dir(z, "listed with the shipped entries (else $ANYCOST_ZOO); the user zoo is always listed")
     z.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     z.set_defaults(func=run)
 
@@ -22,7 +24,7 @@ def add(sub) -> None:
 def run(a) -> int:
     from anycost.zoo import list_weights
 
-    entries = list_weights()
+    entries = list_weights(zoo_dir=a.zoo_dir)
     if a.json:
         print(json.dumps([w.to_dict() for w in entries], indent=1))
         return 0

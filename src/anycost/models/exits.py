@@ -24,13 +24,15 @@ from torch import Tensor
 
 from anycost.core import DynamicModel, DynamicOutput, OperatingPoint, batches, normalised, progress_bar
 from anycost.policies import (METRICS, NUM_FEATURES, ExitCache, LinearGate, confidence, features, learn_policy,
-                              learned_routes, threshold_exits)
+                              learned_routes, threshold_exits, threshold_param)
 
 from .static import plain_copy
 
 __all__ = ["ExitPolicyModel", "ExitRuntime", "ExitStage", "policy_kwargs", "threshold_candidates"]
 
 POLICIES = ("fixed", "threshold", "learned")
+POLICY_KEYS = {"fixed": ("policy", "exit"), "threshold": ("policy", "metric", "threshold"),
+               "learned": ("policy", "gates", "jump_gate", "lam")}
 
 
 class ExitStage(nn.Module):
@@ -152,6 +154,9 @@ class ExitPolicyModel(DynamicModel):
         kind = op.get("policy")
         if kind not in POLICIES:
             raise ValueError(f"{op.name!r}: unknown policy {kind!r} (choose from {', '.join(POLICIES)})")
+        unknown = sorted(map(str, set(op.params) - set(POLICY_KEYS[kind])))
+        if unknown:  # a misspelt key is never silently ignored
+            raise ValueError(f"{op.name!r}: unknown params {unknown} for a {kind} policy (it takes {', '.join(POLICY_KEYS[kind])})")
         getattr(self, f"_check_{kind}")(op)
         return op
 
@@ -226,6 +231,7 @@ class ExitPolicyModel(DynamicModel):
     @torch.no_grad()
     def exit_cache(self, x: Tensor, y: Tensor, batch_size: int = 500, split: str | None = None) -> ExitCache:
         """Every exit's logits for normalised inputs ``x`` (N, C, H, W), in eval mode."""
+        self.check_input(x)  # the cache bypasses infer: same checks, or its MACs would not hold
         was, dev = self.training, _device(self)
         self.eval()
         try:
@@ -261,6 +267,7 @@ class ExitPolicyModel(DynamicModel):
                        progress: bool = False) -> ExitCache:
         """:meth:`exit_cache` over a split read batch by batch: only every exit's logits are
         kept, never the normalised images or features."""
+        self.check_split(ds)  # uint8 images: always finite
         was, dev = self.training, _device(self)
         self.eval()
         outs = []
@@ -292,6 +299,7 @@ class ExitPolicyModel(DynamicModel):
     def measure(self, ds, mean, std, ops: list[OperatingPoint], split: str | None = None, batch_size: int = 500,
                 progress: bool = False) -> list[OperatingPoint]:
         """Like the base class's routed measure, from one cached pass over every exit."""
+        self.check_split(ds)
         cache = self.exit_cache(*normalised(ds, mean, std), batch_size, split)
         rows, out = torch.arange(cache.labels.shape[0]), []
         for op in progress_bar(ops, progress, "measuring operating points"):
@@ -311,7 +319,8 @@ class ExitPolicyModel(DynamicModel):
         ops = self.default_operating_points()
         for metric in metrics:
             for t in threshold_candidates(cache, metric, n_thresholds):
-                ops.append(OperatingPoint(f"{metric}>={t:.6g}", {"policy": "threshold", "metric": metric, "threshold": t}))
+                ops.append(OperatingPoint(f"{metric}>={t:.6g}", {"policy": "threshold", "metric": metric,
+                                                                 "threshold": threshold_param(t)}))
         jump = self.supports_jump if jump is None else jump
         lams = lams if lams is not None else [0.0] + torch.logspace(-2.5, 0.5, 11).tolist()
         for lam in progress_bar(lams, progress, "learning exit policies"):
@@ -342,8 +351,15 @@ def _check_gate(name: str, g) -> None:
     keys = ("weight", "bias", "mean", "std")
     if not isinstance(g, dict) or any(k not in g for k in keys):
         raise ValueError(f"{name!r}: a gate is a dict with {', '.join(keys)}, got {g!r:.60}")
-    if any(len(g[k]) != NUM_FEATURES for k in ("weight", "mean", "std")):
-        raise ValueError(f"{name!r}: a gate's weight, mean and std have {NUM_FEATURES} values each")
+    vecs = [g[k] for k in ("weight", "mean", "std")]
+    if any(not isinstance(v, (list, tuple)) or len(v) != NUM_FEATURES for v in vecs):
+        raise ValueError(f"{name!r}: a gate's weight, mean and std are lists of {NUM_FEATURES} numbers each")
+    if not all(_finite(v) for v in [g["bias"], *vecs[0], *vecs[1], *vecs[2]]) or not all(v > 0 for v in vecs[2]):
+        raise ValueError(f"{name!r}: a gate's weight, bias and mean must be finite numbers and its std positive")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _unique(ops: list[OperatingPoint]) -> list[OperatingPoint]:

@@ -61,8 +61,11 @@ class BasicBlock(nn.Module):
 class CifarResNet(StaticNet):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
                  widths: tuple[int, ...] = (16, 32, 64), blocks_per_stage: int | None = None,
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, input_hw: int = 32):
         super().__init__()
+        if isinstance(input_hw, bool) or not isinstance(input_hw, int) or input_hw < 1:
+            raise ValueError(f"input_hw is the nominal input height and width, a positive int, got {input_hw!r}")
+        self.input_size = (in_chans, input_hw, input_hw)  # nominal: MACs are counted at each input's size
         if blocks_per_stage is None:
             if (depth - 2) % 6 != 0 or depth < 8:
                 raise ValueError(f"CIFAR ResNet depth must be 6n+2 >= 8, got {depth}")
@@ -160,6 +163,8 @@ def resnet110(**kw):
 
 @register_model(family="resnet")
 def test_resnet(**kw):
-    """Tiny variant for tests and the offline demo: one block per stage, widths (4, 8, 16)."""
+    """Tiny variant for tests and the offline demo: one block per stage, widths (4, 8, 16),
+    nominally for 8x8 inputs like the other tiny variants (it takes any size)."""
     kw.setdefault("widths", (4, 8, 16))
+    kw.setdefault("input_hw", 8)
     return CifarResNet(depth=8, **kw)

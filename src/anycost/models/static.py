@@ -17,7 +17,12 @@ from anycost.cost import module_macs
 
 
 class StaticNet(DynamicModel):
+    """A network that runs the same layers for every input. Its MACs are measured at each
+    input's own size (``any_input_hw``): ``input_size`` is the nominal size, where calibrated
+    points were measured, and fixes only the number of channels."""
+
     family = "static"
+    any_input_hw = True
 
     def check_op(self, op: OperatingPoint) -> OperatingPoint:
         if op.params:
@@ -29,7 +34,11 @@ class StaticNet(DynamicModel):
         cache = self.__dict__.setdefault("_anycost_macs", {})
         key = tuple(int(v) for v in input_size)
         if key not in cache:
-            cache[key] = module_macs(self, key)
+            try:
+                cache[key] = module_macs(self, key)
+            except RuntimeError as e:  # a layer that cannot take this size (e.g. a fixed-size linear)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"{type(self).__name__} cannot take inputs of size {key} ({first:.120})") from None
         return cache[key]
 
     def is_static(self, op=None) -> bool:

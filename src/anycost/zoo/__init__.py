@@ -8,7 +8,12 @@
 * ``list_weights()`` / ``get_weights(name)``: the typed records;
 * ``load_model_file`` / ``resolve_model``: a training run folder, a ``last.pt``, a zoo
   ``.safetensors`` with its ``.json`` record, or a zoo name (what the CLI accepts);
-* ``export_to_zoo(run_dir, name, ...)``: publish a run in this format.
+* ``export_to_zoo(run_dir, name, ...)``, ``save_model(model, name)``: publish a run or a
+  re-calibrated model in this format, by default into the user zoo (``$ANYCOST_HOME/zoo``).
+
+Writing never touches the package or the repository's ``zoo/`` unless given that folder: a
+shipped name is never replaced nor shadowed, a taken name only with ``overwrite=True``, and
+names are ``arch.tag`` of ``[a-z0-9_.-]`` (:func:`check_name`).
 
 Old names (``cnmm_r6_kd.cifar10``, ``select_resnet8_resnet20.cifar10``, ...) are aliases that
 still load, with a ``DeprecationWarning`` naming the new one. Storage, lookup order and
@@ -29,14 +34,16 @@ import torch.nn as nn
 from anycost.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 
 from .store import _canonical  # noqa: E402  (name resolution without the alias warning)
-from .store import (FORMAT, RELEASE_URL, IntegrityError, Weights, ZooError, cache_dir, default_name, file_sha256,
-                    get_weights, half_state, list_weights, package_dir, read_index, read_weights, repo_zoo_dir,
-                    save_weights, verify_file, weights_path, write_record)
+from .store import (FORMAT, RELEASE_URL, IntegrityError, Weights, ZooError, ZooNameError, cache_dir, check_name,
+                    check_writable, default_name, file_sha256, get_weights, half_state, home_dir, list_weights,
+                    package_dir, read_index, read_weights, repo_zoo_dir, save_weights, shipped_names, user_dir,
+                    verify_file, weights_path, write_record)
 
-__all__ = ["Weights", "ZooError", "IntegrityError", "load", "create_model", "list_weights", "get_weights",
-           "list_pretrained", "default_name", "load_model_file", "resolve_model", "export_to_zoo", "export_cascade",
-           "publish_entry", "update_entry", "build_cascade", "save_model", "read_index", "weights_path", "cache_dir", "repo_zoo_dir", "package_dir",
-           "train_augmentation", "zoo_dir"]
+__all__ = ["Weights", "ZooError", "ZooNameError", "IntegrityError", "load", "create_model", "list_weights",
+           "get_weights", "list_pretrained", "default_name", "load_model_file", "resolve_model", "export_to_zoo",
+           "export_cascade", "publish_entry", "update_entry", "build_cascade", "save_model", "check_save",
+           "check_name", "check_writable", "shipped_names", "read_index", "weights_path", "cache_dir", "home_dir",
+           "user_dir", "repo_zoo_dir", "package_dir", "train_augmentation", "zoo_dir"]
 
 
 def zoo_dir() -> Path:
@@ -257,31 +264,41 @@ def resolve_model(spec: str | os.PathLike, zoo_dir: str | os.PathLike | None = N
 
 
 def _dirs(directory, meta_dir) -> tuple[Path, Path]:
-    """(weights folder, records folder): a given folder holds both; by default the repository's
-    zoo/ and the package."""
-    if directory is not None:
-        d = Path(directory)
-        return d, Path(meta_dir) if meta_dir is not None else d
-    repo = repo_zoo_dir()
-    if repo is None:
-        raise ZooError("no repository zoo/ folder (not a source checkout): pass directory=")
-    return repo, Path(meta_dir) if meta_dir is not None else package_dir()
+    """(weights folder, records folder): ``directory`` holds both, by default the user zoo.
+    ``meta_dir`` puts the records elsewhere (the maintainers' release path: weights in the
+    repository's zoo/, records in the package, both given explicitly)."""
+    d = Path(directory) if directory is not None else user_dir()
+    return d, Path(meta_dir) if meta_dir is not None else d
+
+
+def _check_target(w: Weights, wdir: Path, mdir: Path, overwrite: bool) -> None:
+    """check_writable for the entry and its aliases (an alias must not shadow a shipped name)."""
+    check_writable(w.name, mdir, overwrite, None if w.is_cascade else wdir)
+    shipped = shipped_names()
+    for a in w.aliases:
+        check_name(a)
+        if a in shipped:
+            raise ZooNameError(f"alias '{a}' of '{w.name}' is a shipped name; shipped names cannot be shadowed")
 
 
 def publish_entry(w: Weights, state: Mapping[str, torch.Tensor], op_state: Mapping | None = None,
                   directory: str | os.PathLike | None = None, meta_dir: str | os.PathLike | None = None,
-                  url: str | None = None) -> Weights:
+                  url: str | None = None, *, overwrite: bool = False) -> Weights:
     """Write ``state`` (as float16) and ``op_state`` to ``<name>.safetensors``, then its record
-    (file, size, sha256, url filled in) and the index. Returns the record written."""
+    (file, size, sha256, url filled in) and the index, in ``directory`` (default: the user
+    zoo). A taken name needs ``overwrite``; a shipped one is refused. ``url`` defaults to the
+    release for records written into the package, else none. Returns the record written."""
     wdir, mdir = _dirs(directory, meta_dir)
+    _check_target(w, wdir, mdir, overwrite)
     if w.is_cascade:
         write_record(w, mdir)
         return w
     file = f"{w.name}.safetensors"
     out = save_weights(wdir / file, half_state(state), op_state,
                        metadata={"name": w.name, "arch": w.arch, "zoo_format": FORMAT})
-    w = w.replace(file=file, size=out.stat().st_size, sha256=file_sha256(out), dtype="float16",
-                  url=url if url is not None else RELEASE_URL + file)
+    if url is None and mdir == package_dir():  # a shipped entry: its file goes to the release
+        url = RELEASE_URL + file
+    w = w.replace(file=file, size=out.stat().st_size, sha256=file_sha256(out), dtype="float16", url=url)
     write_record(w, mdir)
     return w
 
@@ -297,20 +314,22 @@ def _shipped(model: nn.Module) -> tuple[list[dict], dict]:
 
 def export_to_zoo(run_dir: str | os.PathLike, name: str, directory: str | os.PathLike | None = None, *,
                   meta_dir: str | os.PathLike | None = None, extra_meta: dict | None = None,
-                  model: nn.Module | None = None, url: str | None = None, default: bool = False) -> Path:
-    """Publish a run's final weights as entry ``name`` (``arch.tag``): float16 safetensors in
-    ``directory`` (default: the repository's zoo/), the record and index beside it (default for
-    ``directory=None``: the package). ``model``: the run's model with calibrated points set (its
-    shipped points and op state are stored). Returns the weights file."""
+                  model: nn.Module | None = None, url: str | None = None, default: bool = False,
+                  overwrite: bool = False) -> Path:
+    """Publish a run's final weights as entry ``name`` (``arch.tag``): float16 safetensors with
+    the record and index beside them in ``directory`` (default: the user zoo; ``meta_dir``: the
+    records elsewhere). ``model``: the run's model with calibrated points set (its shipped
+    points and op state are stored). A taken name needs ``overwrite``; a shipped one is
+    refused, before anything is written. Returns the weights file."""
     from anycost.cost import module_macs
 
+    arch, tag = check_name(name)
+    wdir, mdir = _dirs(directory, meta_dir)
+    check_writable(name, mdir, overwrite, wdir)
     run_dir = Path(run_dir)
     ck = load_checkpoint(run_dir / "last.pt")
     if ck.get("format") != "anycost-train-v1":
         raise CheckpointError(f"{run_dir / 'last.pt'}: not a training checkpoint")
-    if "." not in name:
-        raise ValueError(f"a zoo name is 'arch.tag', got {name!r}")
-    arch, tag = name.split(".", 1)
     base = _record_from_train(ck, run_dir / "last.pt")
     if arch != base.arch:
         raise ValueError(f"'{name}': the run trained {base.arch}, so its name must start with '{base.arch}.'")
@@ -328,16 +347,21 @@ def export_to_zoo(run_dir: str | os.PathLike, name: str, directory: str | os.Pat
                               "run_dir": str(run_dir)})
     fields.update(extra_meta or {})
     w = base.replace(**fields)
-    w = publish_entry(w, model.state_dict(), op_state, directory, meta_dir, url)
-    return _dirs(directory, meta_dir)[0] / w.file
+    w = publish_entry(w, model.state_dict(), op_state, wdir, mdir, url, overwrite=overwrite)
+    return wdir / w.file
 
 
 def export_cascade(name: str, members: list[str], operating_points: list, directory: str | os.PathLike | None = None,
-                   *, extra_meta: dict | None = None) -> Path:
-    """Write cascade entry ``name`` (``cascade.TAG``) over zoo entries ``members``; returns its record."""
-    mdir = Path(directory) if directory is not None else package_dir()
+                   *, extra_meta: dict | None = None, overwrite: bool = False) -> Path:
+    """Write cascade entry ``name`` (``cascade.TAG``) over zoo entries ``members`` into
+    ``directory`` (default: the user zoo); returns its record. Taken and shipped names as in
+    :func:`publish_entry`."""
+    arch, tag = check_name(name)
+    if arch != "cascade":
+        raise ValueError(f"'{name}': a cascade entry is named 'cascade.TAG'")
+    mdir = Path(directory) if directory is not None else user_dir()
+    check_writable(name, mdir, overwrite)
     ws = [get_weights(m, directory) for m in members]
-    arch, tag = name.split(".", 1)
     first = ws[0]
     w = Weights(name=name, arch=arch, tag=tag, family="cascade", members=[x.name for x in ws], dtype=first.dtype,
                 num_classes=first.num_classes, input_size=first.input_size, normalization=first.normalization,
@@ -351,8 +375,15 @@ def update_entry(name: str, model: nn.Module | None = None, *, operating_points:
                  metrics: dict | None = None, provenance: dict | None = None,
                  directory: str | os.PathLike | None = None, meta_dir: str | os.PathLike | None = None) -> Weights:
     """Rewrite entry ``name`` with ``model``'s shipped points and op state (weights unchanged,
-    re-verified) or with explicit ``operating_points``; merge ``metrics``/``provenance``."""
+    re-verified) or with explicit ``operating_points``; merge ``metrics``/``provenance``. The
+    entry is rewritten where its record was found (or in ``directory``); a shipped entry is
+    read-only (save a copy under another tag with :func:`save_model`)."""
     w = get_weights(name, directory)
+    if w.name in shipped_names():
+        raise ZooNameError(f"'{w.name}' is a shipped entry: shipped entries are read-only; save a copy under "
+                           f"another tag with save_model(model, '{w.arch}.mine_{w.tag}')")
+    found = _canonical(w.name, directory, warn=False)[1]
+    directory = directory if directory is not None else found
     ops, op_state = _shipped(model) if model is not None else (None, None)
     if operating_points is not None:
         ops = [o if isinstance(o, dict) else o.to_dict() for o in operating_points]
@@ -369,7 +400,8 @@ def update_entry(name: str, model: nn.Module | None = None, *, operating_points:
         write_record(w2, mdir)
         return w2
     state, old_ops = read_weights(weights_path(w, directory, download=False))
-    return publish_entry(w2, state, op_state if op_state is not None else old_ops, directory, meta_dir, w.url)
+    return publish_entry(w2, state, op_state if op_state is not None else old_ops, directory, meta_dir, w.url,
+                         overwrite=True)
 
 
 # ---------------------------------------------------------------------------- CLI helpers
@@ -396,26 +428,42 @@ def build_cascade(specs: list[str], **kwargs) -> nn.Module:
     return _attach(model, w, ", ".join(map(str, specs)), None)
 
 
-def save_model(model: nn.Module, name: str, zoo_dir: str | os.PathLike) -> Path:
-    """Store a loaded (and typically re-calibrated) model as entry ``name`` in folder ``zoo_dir``:
-    its shipped operating points and op state, its record otherwise unchanged. A cascade is
-    stored as a record over its members, which must be zoo entries. Returns the file written."""
+def check_save(model: nn.Module, name: str, zoo_dir: str | os.PathLike | None = None,
+               overwrite: bool = False) -> Path:
+    """Everything :func:`save_model` checks, without writing: a model loaded by anycost, a
+    valid name starting with its arch, cascade members that are zoo entries, a name that is
+    not shipped and (without ``overwrite``) not taken. Callers run it before slow work.
+    Returns the target folder."""
     w = getattr(model, "weights", None)
     if not isinstance(w, Weights):
         raise ZooError("save_model needs a model loaded by anycost (model.weights); use export_to_zoo for a run folder")
-    if "." not in name:
-        raise ValueError(f"a zoo name is 'arch.tag', got {name!r}")
-    arch, tag = name.split(".", 1)
+    arch, _ = check_name(name)
     if arch != w.arch:
         raise ValueError(f"'{name}': this model is a {w.arch}, so its name must start with '{w.arch}.'")
+    if w.is_cascade and not all(isinstance(m, Weights) and m.sha256 for m in _members(model)):
+        raise ZooError(f"'{name}': every cascade member must be a zoo entry; publish the members first")
+    d = Path(zoo_dir) if zoo_dir is not None else user_dir()
+    return check_writable(name, d, overwrite, None if w.is_cascade else d)
+
+
+def _members(model: nn.Module) -> list:
+    return [getattr(n, "weights", None) for n in model.nets]
+
+
+def save_model(model: nn.Module, name: str, zoo_dir: str | os.PathLike | None = None, *,
+               overwrite: bool = False) -> Path:
+    """Store a loaded (and typically re-calibrated) model as entry ``name`` in folder ``zoo_dir``
+    (default: the user zoo): its shipped operating points and op state, its record otherwise
+    unchanged. A cascade is stored as a record over its members, which must be zoo entries. A
+    taken name needs ``overwrite``; a shipped one is refused. Returns the file written."""
+    d = check_save(model, name, zoo_dir, overwrite)
+    w = model.weights
     ops, op_state = _shipped(model)
     prov = dict(w.provenance, derived_from=w.name)
-    new = w.replace(name=name, tag=tag, operating_points=ops, aliases=[], default=False, provenance=prov)
-    d = Path(zoo_dir)
+    new = w.replace(name=name, tag=name.split(".", 1)[1], operating_points=ops, aliases=[], default=False,
+                    provenance=prov)
     if new.is_cascade:
-        members = [getattr(n, "weights", None) for n in model.nets]
-        if not all(isinstance(m, Weights) and m.sha256 for m in members):
-            raise ZooError(f"'{name}': every cascade member must be a zoo entry; publish the members first")
-        return write_record(new.replace(members=[m.name for m in members]), d)
-    new = publish_entry(new, model.state_dict(), op_state, d, d, w.url if w.name == name else None)
+        return write_record(new.replace(members=[m.name for m in _members(model)]), d)
+    new = publish_entry(new, model.state_dict(), op_state, d, d, w.url if w.name == name else None,
+                        overwrite=overwrite)
     return d / new.file

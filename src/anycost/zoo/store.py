@@ -1,19 +1,25 @@
 """Zoo storage: the typed weights record (:class:`Weights`), the index, finding, downloading
 and verifying weight files, and float16 safetensors I/O (nothing is unpickled on load).
 
-Layout. Metadata is small and ships inside the package: ``anycost/zoo/<name>.json`` (one
-record per entry) and ``anycost/zoo/index.json`` (names, aliases, defaults). Weights are
-``<name>.safetensors`` files kept outside the package: the repository's ``zoo/`` folder for
-a source checkout, a user cache (``$ANYCOST_HOME/weights``, default
-``~/.cache/anycost/weights``) filled by download from the entry's ``url``. A per-point
-tensor of a model's ``op_state()`` (a pruned CNMM point's BatchNorm statistics) is stored in
-the same file under ``op/<point name>/<key>``, never in JSON.
+Layout. The shipped entries' metadata is small and ships inside the package:
+``anycost/zoo/<name>.json`` (one record per entry) and ``anycost/zoo/index.json`` (names,
+aliases, defaults). Their weights are ``<name>.safetensors`` files kept outside the package:
+the repository's ``zoo/`` folder for a source checkout, a user cache
+(``$ANYCOST_HOME/weights``, default ``~/.cache/anycost/weights``) filled by download from the
+entry's ``url``. A per-point tensor of a model's ``op_state()`` (a pruned CNMM point's
+BatchNorm statistics) is stored in the same file under ``op/<point name>/<key>``, never in JSON.
 
-Lookup order for a weights file: the ``zoo_dir=`` argument (else ``$ANYCOST_ZOO``), the
-repository's ``zoo/`` folder, the user cache, then a download (``$ANYCOST_ZOO_URL`` + file,
-else the entry's ``url``) into the cache. Every file found or fetched is checked against the
-record's size and sha256 first; a mismatch is an :class:`IntegrityError` naming the file,
-and a corrupt download is deleted, never cached.
+The user zoo, ``$ANYCOST_HOME/zoo``, holds the user's own entries (records, index and
+weights in one folder); exports, calibrations and reproductions write there unless given a
+folder. The package and the repository's ``zoo/`` are read-only: shipped names can never be
+replaced or shadowed (:func:`check_writable`).
+
+Lookup order for records: the ``zoo_dir=`` argument (else ``$ANYCOST_ZOO``), the user zoo,
+the package. For a weights file: the same two folders, the repository's ``zoo/`` folder, the
+user cache, then a download (``$ANYCOST_ZOO_URL`` + file, else the entry's ``url``) into the
+cache. Every file found or fetched is checked against the record's size and sha256 first; a
+mismatch is an :class:`IntegrityError` naming the file, and a corrupt download is deleted,
+never cached.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import difflib
 import fnmatch
 import json
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -46,6 +53,10 @@ class ZooError(CheckpointError):
 
 class IntegrityError(ZooError):
     """A weights file whose size or sha256 differs from its record."""
+
+
+class ZooNameError(ZooError, ValueError):
+    """A name that cannot be written: malformed, shipped (read-only), or taken without overwrite."""
 
 
 # ---------------------------------------------------------------------------- the record
@@ -163,25 +174,97 @@ def repo_zoo_dir() -> Path | None:
     return z if (root / "pyproject.toml").is_file() and z.is_dir() else None
 
 
-def cache_dir() -> Path:
+def home_dir() -> Path:
+    """``$ANYCOST_HOME``, default ``~/.cache/anycost`` (like torch hub): the user's weights
+    cache and user zoo."""
     home = os.environ.get("ANYCOST_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "anycost")
-    return Path(home) / "weights"
+    return Path(home)
+
+
+def cache_dir() -> Path:
+    """Downloaded weights of shipped entries."""
+    return home_dir() / "weights"
+
+
+def user_dir() -> Path:
+    """The user zoo, ``$ANYCOST_HOME/zoo``: where the user's own entries are written by
+    default, so that the package and the repository's ``zoo/`` stay read-only."""
+    return home_dir() / "zoo"
 
 
 def local_dir(zoo_dir: str | os.PathLike | None = None) -> Path | None:
-    """The user's own zoo folder: ``zoo_dir`` if given, else ``$ANYCOST_ZOO``."""
+    """The zoo folder given for this call: ``zoo_dir`` if given, else ``$ANYCOST_ZOO``."""
     d = zoo_dir if zoo_dir is not None else os.environ.get("ANYCOST_ZOO")
     return Path(d) if d else None
 
 
 def _record_dirs(zoo_dir=None) -> list[Path]:
-    """Folders whose records are searched, first match wins: a local zoo folder, then the package."""
+    """Folders whose records are searched, first match wins: the given folder, the user zoo
+    (each only if it has an index), then the package."""
     out = []
-    loc = local_dir(zoo_dir)
-    if loc is not None and (loc / "index.json").is_file():
-        out.append(loc)
+    for d in (local_dir(zoo_dir), user_dir()):
+        if d is not None and (d / "index.json").is_file() and d not in out:
+            out.append(d)
     out.append(package_dir())
     return out
+
+
+# ---------------------------------------------------------------------------- names
+
+NAME_CHARS = "a-z0-9_.-"
+_NAME = re.compile(r"[a-z0-9_][a-z0-9_-]*\.[a-z0-9_][a-z0-9_.-]*")
+MAX_NAME = 100  # the files are <name>.json and <name>.safetensors
+
+
+def check_name(name: str) -> tuple[str, str]:
+    """(arch, tag) of a name that may be written: ``arch.tag`` of ``[a-z0-9_.-]``, no '.' in
+    the arch, no path separators (names become file names). Raises :class:`ZooNameError`."""
+    if not isinstance(name, str):
+        raise ZooNameError(f"a zoo name is a string 'arch.tag', got {type(name).__name__}")
+    why = None
+    if "/" in name or "\\" in name or name in (".", ".."):
+        why = "a path separator: a name is not a path"
+    elif len(name) > MAX_NAME:
+        why = f"{len(name)} characters (at most {MAX_NAME})"
+    elif "." not in name:
+        why = "no '.' between arch and tag"
+    elif not _NAME.fullmatch(name):
+        bad = sorted({c for c in name if not re.fullmatch(f"[{NAME_CHARS}]", c)})
+        why = (f"characters {''.join(bad)!r}" if bad else "an empty part or one starting with '.' or '-'")
+    if why:
+        raise ZooNameError(f"invalid zoo name {name!r} ({why}): a zoo name is 'arch.tag' of lowercase letters, digits, "
+                           f"'_', '-' and '.', e.g. 'resnet20.mine_cifar10'")
+    arch, tag = name.split(".", 1)
+    return arch, tag
+
+
+def shipped_names() -> dict[str, str]:
+    """{name or old alias: entry} of the package's own entries, which are read-only."""
+    idx = read_index(package_dir())
+    return {**idx["aliases"], **{n: n for n in idx["entries"]}}
+
+
+def check_writable(name: str, directory: str | os.PathLike, overwrite: bool = False,
+                   weights_dir: str | os.PathLike | None = None) -> Path:
+    """Refuse to write entry ``name`` into records folder ``directory`` (weights in
+    ``weights_dir``) when the name is malformed, is a shipped entry or alias (never replaced
+    nor shadowed, even with ``overwrite``), or is taken there and ``overwrite`` is false.
+    Returns the records folder."""
+    arch, tag = check_name(name)
+    shipped = shipped_names()
+    if name in shipped:
+        what = "a shipped entry" if shipped[name] == name else f"an old name of the shipped entry '{shipped[name]}'"
+        raise ZooNameError(f"'{name}' is {what}: shipped entries are read-only and cannot be replaced or shadowed, "
+                           f"even with --overwrite; choose another tag, e.g. '{arch}.mine_{tag}'")
+    d = Path(directory)
+    idx = read_index(d)
+    if name in idx["aliases"]:
+        raise ZooNameError(f"'{name}' is an old name of '{idx['aliases'][name]}' in {d}; choose another name")
+    files = [d / f"{name}.json"] + ([Path(weights_dir) / f"{name}.safetensors"] if weights_dir is not None else [])
+    if not overwrite and (name in idx["entries"] or any(f.exists() for f in files)):
+        raise ZooNameError(f"zoo entry '{name}' already exists in {d}; pass --overwrite (overwrite=True) to replace "
+                           f"it, or choose another name")
+    return d
 
 
 # ---------------------------------------------------------------------------- index
@@ -209,10 +292,12 @@ def _summary(w: Weights) -> dict:
 
 
 def write_record(w: Weights, directory: str | os.PathLike | None = None) -> Path:
-    """Write ``<name>.json`` and add it (and its aliases) to the folder's index."""
+    """Write ``<name>.json`` and add it (and its aliases) to the folder's index (default: the
+    user zoo). The caller checks overwriting (:func:`check_writable`)."""
     from anycost.records import write_json_atomic
 
-    d = Path(directory or package_dir())
+    check_name(w.name)
+    d = Path(directory) if directory is not None else user_dir()
     out = write_json_atomic(d / f"{w.name}.json", w.to_dict())
     idx = read_index(d)
     if w.default:  # one default per arch
@@ -331,8 +416,8 @@ def weights_path(w: Weights, zoo_dir: str | os.PathLike | None = None, download:
     if w.file is None:
         raise ZooError(f"'{w.name}' is a cascade of {list(w.members)}: it has no weights file of its own")
     searched = []
-    for d in (local_dir(zoo_dir), repo_zoo_dir(), cache_dir()):
-        if d is None:
+    for d in (local_dir(zoo_dir), user_dir(), repo_zoo_dir(), cache_dir()):
+        if d is None or str(d) in searched:
             continue
         p = d / w.file
         searched.append(str(d))

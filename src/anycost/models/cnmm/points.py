@@ -28,6 +28,7 @@ from .pruned import load_bn_state
 from .pruning import CALIBRATED_MECHANISMS, MECHANISMS
 
 PARAM_KEYS = ("prune", "mechanism", "budget_fraction", "bn")
+SPEC_KEYS = ("edges", "channels", "unit_weights")
 POINT_MECHANISMS = ("full",) + MECHANISMS + CALIBRATED_MECHANISMS
 _CACHE_SIZE = 8  # pruned networks kept for inference: a measure pass or a mixture uses one or two
 
@@ -175,6 +176,9 @@ def check_spec(model, d: Any, where: str) -> None:
     within that edge's prunable channels, and a network that still joins input to output."""
     if not isinstance(d, Mapping) or not isinstance(d.get("edges"), (list, tuple)):
         raise ValueError(f"{where}: prune must be a dict with an 'edges' list, got {d!r:.80}")
+    unknown = sorted(map(str, set(d) - set(SPEC_KEYS)))
+    if unknown:  # a misspelt key would otherwise be dropped, and a different network run
+        raise ValueError(f"{where}: prune has unknown keys {unknown} (a PruneSpec has {list(SPEC_KEYS)})")
     n = len(model.edge_list)
     edges = d["edges"]
     if not all(_is_int(e) and 0 <= e < n for e in edges) or len(set(edges)) != len(edges):

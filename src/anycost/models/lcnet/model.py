@@ -642,6 +642,7 @@ class LCResNet(DynamicModel):
         cheaper pass of :meth:`_masked` per batch, and the inputs it cannot vouch for (a
         decision or top-1 within MARGIN of flipping after a masked pass) are re-run through
         routed inference; their count per point is kept in ``_anycost_rerouted``."""
+        self.check_split(ds)
         x_all, y_all = normalised(ds, mean, std)
         dev = self._device()
         was = self.training
