@@ -249,3 +249,24 @@ def test_weight_ema_is_published_and_resumes_exactly(tmp_path, kill_at):
 def test_ema_config_is_checked():
     with pytest.raises(ValueError, match="ema must be a per-step decay"):
         TrainConfig(ema=1.0).validate()
+
+
+def test_record_states_training_compute(tmp_path):
+    """3 x forward MACs per image seen, plus the teacher's forward when distilling; kept
+    cumulative per epoch and across a resume."""
+    from anycost.cost import module_macs
+
+    cfg = tiny_cfg(tmp_path / "a", epochs=2)
+    rec = train(cfg)
+    r = rec["results"]
+    fwd = module_macs(create_model("test_resnet", num_classes=10, in_chans=1), (1, 8, 8))
+    seen = sum(h["images_seen"] for h in r["history"])
+    assert seen == 2 * (1437 // 128) * 128  # drop_last batches of the training split
+    assert r["train_macs_per_image"] == 3 * fwd and r["train_macs"] == seen * 3 * fwd
+    assert r["history"][0]["train_macs"] == r["history"][0]["images_seen"] * 3 * fwd
+    assert "forward + backward" in r["train_macs_convention"]
+    # a resumed run continues the count
+    more = train(tiny_cfg(tmp_path / "a", epochs=2), resume=True)["results"]
+    assert more["train_macs"] == r["train_macs"]
+    kd = train(tiny_cfg(tmp_path / "kd", epochs=1, teacher=str(tmp_path / "a"), distill=1.0))["results"]
+    assert kd["train_macs_per_image"] == 4 * fwd  # the teacher is the same architecture: one more forward

@@ -344,6 +344,24 @@ def _ema_tensors(m: nn.Module):
     yield from m.named_buffers()
 
 
+TRAIN_MACS_CONVENTION = ("per training image seen: 3 x the model's forward MACs (forward + backward; eval-mode "
+                         "forward at the input size, every exit / edge / gate computed) + 1 x the teacher's forward "
+                         "MACs; evaluation passes and the training of an init_from model not included")
+
+
+def training_macs_per_image(model: nn.Module, teacher: nn.Module | None, input_size: tuple) -> float:
+    """MACs one training image costs under :data:`TRAIN_MACS_CONVENTION`."""
+    from anycost.cost import module_macs
+
+    macs = 3.0 * module_macs(model, input_size)
+    return macs + (float(module_macs(teacher, input_size)) if teacher is not None else 0.0)
+
+
+def _images_seen(row: dict) -> float:
+    """Images one epoch of an older record saw (before ``images_seen`` was recorded)."""
+    return row.get("images_seen", round(row["images_per_s"] * row["epoch_seconds"]))
+
+
 class StopTraining(Exception):
     """Raised by an ``on_step`` callback to stop a run (tests simulate a kill with it)."""
 
@@ -576,6 +594,10 @@ def _train(cfg: TrainConfig, info, ck: dict | None, overwrite: bool, model: nn.M
         load_state_dict_strict(ema.model, ck["model"], str(ckpt_path))
     step_fn = torch.compile(model) if cfg.compile else model
     teacher = load_teacher(cfg.teacher, device, data, cfg.channels_last) if cfg.teacher else None
+    # training compute, so that curves can be compared at equal training cost (issue #36)
+    step_macs = training_macs_per_image(model, teacher, tuple(data.input_size))
+    train_macs = sum(_images_seen(r) for r in history) * step_macs if history and "train_macs" not in history[-1] \
+        else (history[-1]["train_macs"] if history else 0.0)
     family_loss = getattr(model, "training_loss", None)
     ddp = None
     if info.enabled:
@@ -593,7 +615,8 @@ def _train(cfg: TrainConfig, info, ck: dict | None, overwrite: bool, model: nn.M
 
     def write_record(status: str):
         results = {"status": status, "epochs_done": len(history), "history": history, "train_seconds": train_seconds,
-                   "final": history[-1] if history else None}
+                   "final": history[-1] if history else None, "train_macs": train_macs,
+                   "train_macs_per_image": step_macs, "train_macs_convention": TRAIN_MACS_CONVENTION}
         if forced:  # what a --force resume changed, so the record does not claim one config throughout
             results["forced_changes"] = forced
         write_json_atomic(rec_path, make_record("train", config_dict, results, seed=cfg.seed, device=device,
@@ -646,8 +669,10 @@ def _train(cfg: TrainConfig, info, ck: dict | None, overwrite: bool, model: nn.M
                 seen, loss_sum, correct = all_reduce_sums([seen, loss_sum, correct], device)
             epoch_s = time.perf_counter() - t0
             train_seconds += epoch_s
+            train_macs += seen * step_macs
             row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / seen,
-                   "train_acc": 100.0 * correct / seen, "epoch_seconds": epoch_s, "images_per_s": seen / epoch_s}
+                   "train_acc": 100.0 * correct / seen, "epoch_seconds": epoch_s, "images_per_s": seen / epoch_s,
+                   "images_seen": seen, "train_macs": train_macs}
             if eval_split is not None and info.is_main:
                 ev = evaluate_classifier(model if ema is None else ema.model, eval_split, data.mean, data.std, cfg.eval_batch_size, device,
                                          channels_last=cfg.channels_last)
