@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = ["OperatingPoint", "Mixture", "DynamicOutput", "DynamicModel", "BudgetError", "check_budget", "pareto_indices",
-           "pareto_subset", "normalised", "batches", "progress_bar"]
+           "pareto_subset", "normalised", "batches", "measured_points", "progress_bar"]
 
 
 class BudgetError(ValueError):
@@ -253,21 +253,7 @@ class DynamicModel(nn.Module):
     def measure(self, ds, mean, std, ops: list[OperatingPoint], split: str | None = None, batch_size: int = 500,
                 progress: bool = False) -> list[OperatingPoint]:
         """Each point's mean MACs and top-1 accuracy over an ImageDataset, with real routing."""
-        self.check_split(ds)
-        x_all, y_all = normalised(ds, mean, std)
-        p = next(self.parameters(), None)
-        if p is not None:  # the model's device; results come back as Python numbers
-            x_all, y_all = x_all.to(p.device), y_all.to(p.device)
-        out = []
-        for op in progress_bar(ops, progress, "measuring operating points"):
-            op = self.check_op(op)
-            macs, correct = 0.0, 0
-            for i in range(0, len(y_all), batch_size):
-                o = self.infer(x_all[i:i + batch_size], op)
-                macs += float(o.macs.sum())
-                correct += int((o.logits.argmax(1) == y_all[i:i + batch_size]).sum())
-            out.append(op.measured(macs / len(y_all), 100.0 * correct / len(y_all), split))
-        return out
+        return measured_points(self.routed_outputs(ds, mean, std, ops, batch_size, progress), ds.labels, split)
 
     @torch.no_grad()
     def outputs(self, ds, mean, std, ops: list[OperatingPoint], batch_size: int = 500,
@@ -452,6 +438,15 @@ def _fits(cost: float, budget: float) -> bool:
 
 def _shape_of(x) -> str:
     return str(tuple(x.shape)) if isinstance(x, Tensor) else f"a {type(x).__name__}"
+
+
+def measured_points(outputs: Iterable[tuple[OperatingPoint, DynamicOutput]], labels: Tensor,
+                    split: str | None) -> list[OperatingPoint]:
+    """Each ``(point, outputs over a split)`` pair as the point measured there: mean MACs and
+    top-1 accuracy against ``labels``."""
+    n = len(labels)
+    return [op.measured(float(o.macs.sum()) / n, 100.0 * int((o.logits.argmax(1) == labels.to(o.logits.device)).sum()) / n,
+                        split) for op, o in outputs]
 
 
 def _param_device(m: nn.Module):

@@ -38,12 +38,7 @@ def summary_table(curves: list[TradeoffCurve], reference: str | None = None, los
     the curve with that method name (e.g. the static backbone). Points are picked on the
     numbers the curve was measured on; single-point curves (static models, the oracle)
     have nothing to pick and are left out."""
-    ref_curve = None
-    if reference is not None:
-        match = [c for c in curves if c.method == reference]
-        if not match:
-            raise ValueError(f"no curve named '{reference}' in the records; have: {', '.join(c.method for c in curves)}")
-        ref_curve = match[0]
+    ref_curve = None if reference is None else _named(curves, reference)
     who = f"`{reference}`" if reference else "its own full cost"
     head = " | ".join(f"<= {d:g} pt: top-1 (%) | MACs (M) | reduction" for d in losses)
     lines = [f"Cheapest point within each accuracy loss of {who} (measured on each curve's measurement split)", "",
@@ -65,12 +60,16 @@ def summary_table(curves: list[TradeoffCurve], reference: str | None = None, los
     return "\n".join(lines)
 
 
-def gap_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str]) -> str:
-    """Is one family above others at equal MACs? For every point of the curves whose method
-    matches the glob ``subject``, the accuracy of each group's frontier at the same mean MACs
-    (all curves matching the group's glob merged into one frontier, interpolated linearly
-    in MACs) and the gap in points. A group whose cheapest point costs more than the
-    subject's point has no accuracy there ("below its range"): it is not reached, not beaten."""
+def _named(curves: list[TradeoffCurve], name: str) -> TradeoffCurve:
+    match = [c for c in curves if c.method == name]
+    if not match:
+        raise ValueError(f"no curve named '{name}' in the records; have: {', '.join(c.method for c in curves)}")
+    return match[0]
+
+
+def _subjects_and_frontiers(curves: list[TradeoffCurve], subject: str,
+                            groups: dict[str, str]) -> tuple[list[TradeoffCurve], dict[str, TradeoffCurve]]:
+    """The curves matching ``subject``, and each group's other curves merged into one frontier."""
     subj = [c for c in curves if matches(c.method, subject)]
     if not subj:
         raise ValueError(f"no curve matches '{subject}'; have: {', '.join(c.method for c in curves)}")
@@ -80,6 +79,16 @@ def gap_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str])
         if not members:
             raise ValueError(f"group '{label}': no curve other than the subject's matches '{pattern}'")
         fronts[label] = TradeoffCurve.merge(label, members)
+    return subj, fronts
+
+
+def gap_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str]) -> str:
+    """Is one family above others at equal MACs? For every point of the curves whose method
+    matches the glob ``subject``, the accuracy of each group's frontier at the same mean MACs
+    (all curves matching the group's glob merged into one frontier, interpolated linearly
+    in MACs) and the gap in points. A group whose cheapest point costs more than the
+    subject's point has no accuracy there ("below its range"): it is not reached, not beaten."""
+    subj, fronts = _subjects_and_frontiers(curves, subject, groups)
     head = " | ".join(f"{lab} at equal MACs (%) | gap (pt)" for lab in fronts)
     lines = [f"| method | operating point | top-1 (%) | mean MACs (M) | {head} |",
              "|---|---|---:|---:|" + "---:|---:|" * len(fronts)]
@@ -103,19 +112,8 @@ def headline_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, 
     difference under about a point is not evidence."""
     from anycost.curves import wilson_interval
 
-    ref = [c for c in curves if c.method == reference]
-    if not ref:
-        raise ValueError(f"no curve named '{reference}' in the records; have: {', '.join(c.method for c in curves)}")
-    ref_best = max(ref[0].points, key=lambda p: p.accuracy)
-    subj = [c for c in curves if matches(c.method, subject)]
-    if not subj:
-        raise ValueError(f"no curve matches '{subject}'; have: {', '.join(c.method for c in curves)}")
-    fronts = {}
-    for label, pattern in groups.items():
-        members = [c for c in curves if matches(c.method, pattern) and c not in subj]
-        if not members:
-            raise ValueError(f"group '{label}': no curve other than the subjects matches '{pattern}'")
-        fronts[label] = TradeoffCurve.merge(label, members)
+    ref_best = max(_named(curves, reference).points, key=lambda p: p.accuracy)
+    subj, fronts = _subjects_and_frontiers(curves, subject, groups)
 
     def ci(p) -> str:
         lo, hi = wilson_interval(p.accuracy, p.n)

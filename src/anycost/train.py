@@ -596,8 +596,9 @@ def _train(cfg: TrainConfig, info, ck: dict | None, overwrite: bool, model: nn.M
     teacher = load_teacher(cfg.teacher, device, data, cfg.channels_last) if cfg.teacher else None
     # training compute, so that curves can be compared at equal training cost (issue #36)
     step_macs = training_macs_per_image(model, teacher, tuple(data.input_size))
-    train_macs = sum(_images_seen(r) for r in history) * step_macs if history and "train_macs" not in history[-1] \
-        else (history[-1]["train_macs"] if history else 0.0)
+    # a resumed run continues its count; one written before the count existed is rebuilt from its epochs
+    train_macs = history[-1]["train_macs"] if history and "train_macs" in history[-1] \
+        else sum(_images_seen(r) for r in history) * step_macs
     family_loss = getattr(model, "training_loss", None)
     ddp = None
     if info.enabled:

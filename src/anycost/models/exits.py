@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from anycost.core import DynamicModel, DynamicOutput, OperatingPoint, batches, normalised, progress_bar
+from anycost.core import DynamicModel, DynamicOutput, OperatingPoint, batches, measured_points, progress_bar
 from anycost.policies import (METRICS, NUM_FEATURES, ExitCache, LinearGate, confidence, features, learn_policy,
                               learned_routes, threshold_exits, threshold_param)
 
@@ -299,23 +299,14 @@ class ExitPolicyModel(DynamicModel):
     def measure(self, ds, mean, std, ops: list[OperatingPoint], split: str | None = None, batch_size: int = 500,
                 progress: bool = False) -> list[OperatingPoint]:
         """Like the base class's routed measure, from one cached pass over every exit."""
-        self.check_split(ds)
-        cache = self.exit_cache(*normalised(ds, mean, std), batch_size, split)
-        rows, out = torch.arange(cache.labels.shape[0]), []
-        for op in progress_bar(ops, progress, "measuring operating points"):
-            op = self.check_op(op)
-            code, macs = self.simulate(cache, op)
-            pred = cache.logits[code.clamp_max(self.num_exits - 1), rows].argmax(-1)
-            out.append(op.measured(float(macs.sum()) / len(rows),
-                                   100.0 * int((pred == cache.labels).sum()) / len(rows), split))
-        return out
+        return measured_points(self.outputs(ds, mean, std, ops, batch_size, progress), ds.labels, split)
 
     def candidate_operating_points(self, data, split: str, *, batch_size: int = 500, progress: bool = False,
                                    metrics=METRICS, n_thresholds: int = 12, lams=None,
                                    jump: bool | None = None) -> list[OperatingPoint]:
         """Fixed exits, thresholds at quantiles of the early exits' confidence (per metric) and
         learned policies over ``lams``, chosen on the cached outputs of ``data.get(split)``."""
-        cache = self.exit_cache(*normalised(data.get(split), data.mean, data.std), batch_size, split)
+        cache = self.streamed_cache(data.get(split), data.mean, data.std, batch_size, split)
         ops = self.default_operating_points()
         for metric in metrics:
             for t in threshold_candidates(cache, metric, n_thresholds):
