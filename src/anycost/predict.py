@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["ImageError", "predict", "image_files", "read_image", "choose_op"]
+__all__ = ["ImageError", "predict", "image_files", "read_image", "choose_op", "model_normalisation"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FORMATS = ("PNG", "JPEG")
@@ -94,7 +94,8 @@ def choose_op(model: nn.Module, op: str | None = None, budget: float | None = No
     return max(pts, key=lambda p: (p.accuracy, -p.macs))
 
 
-def _normaliser(model: nn.Module) -> tuple[tuple[int, int, int], torch.Tensor, torch.Tensor]:
+def model_normalisation(model: nn.Module) -> tuple[tuple[int, int, int], torch.Tensor, torch.Tensor]:
+    """(input size (C, H, W), mean and std as (1, C, 1, 1) tensors) from the model's pretrained_cfg."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size, mean, std = tuple(cfg.get("input_size") or ()), cfg.get("mean"), cfg.get("std")
     if len(size) != 3 or not mean or not std:
@@ -121,7 +122,7 @@ def predict(model: nn.Module | str, images: Iterable[str | os.PathLike], *, op: 
         raise ValueError(f"{type(model).__name__} is not an anycost model with operating points")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    size, mean, std = _normaliser(model)
+    size, mean, std = model_normalisation(model)
     point = choose_op(model, op, budget)
     files = image_files(images)
     x = torch.stack([read_image(f, size, resize) for f in files])  # every file checked before any inference

@@ -14,7 +14,7 @@ __all__ = ["main", "build_parser", "UserError", "COMMANDS"]
 
 # in the order `anycost --help` lists them
 COMMANDS = ["demo", "models", "zoo", "train", "publish", "calibrate", "eval", "predict", "bench", "export", "plot",
-            "report", "reproduce"]
+            "report", "reproduce", "serve", "loadtest"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.func(a) or 0
     except KeyboardInterrupt:
-        print("anycost: interrupted (completed epochs are saved; continue with --resume)", file=sys.stderr)
+        hint = " (completed epochs are saved; continue with --resume)" if a.cmd == "train" else ""
+        print(f"anycost: interrupted{hint}", file=sys.stderr)
         return 130
     except (UserError, DataError, CheckpointError, RecordError, ValueError, KeyError,
             FileNotFoundError) as e:

@@ -1,0 +1,172 @@
+"""The budget controller: which operating point serves the next batch.
+
+The server measures, at start-up, how long a batch of n inputs takes at each point
+(:class:`LatencyTable`), and keeps that table current with what it observes. Before each
+batch the :class:`Controller` predicts, for every point, when the last request now waiting
+would be answered if this batch and the queue behind it were all served at that point:
+
+    finish(point) = waited + L(point, n) + ceil(queued / max_batch) * L(point, max_batch)
+
+where ``waited`` is how long the oldest request of the batch has already waited. It picks the
+most accurate point with ``finish <= headroom * slo`` (headroom < 1 because the target is a
+p95, not a mean, and arrivals keep coming while the batch runs), and the fastest point when
+none fits. A MAC budget, if given, caps the running mean of the MACs served: a point dearer
+than the budget is allowed only while the mean so far leaves room for it. Everything takes
+its time from arguments, so that tests drive it with a fake clock and fake latencies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from anycost.core import OperatingPoint
+
+__all__ = ["LatencyTable", "Controller", "Decision"]
+
+
+@dataclass
+class LatencyTable:
+    """Seconds to serve a batch of n inputs at each point.
+
+    ``seconds[name][i]`` was measured at batch size ``sizes[i]``; sizes in between are
+    interpolated linearly and sizes beyond the largest extrapolated from the last two (batch
+    time is close to affine in n on a CPU). ``observe`` keeps one correction factor per point,
+    an exponential moving average of observed / predicted, so that a machine that slows down,
+    or inputs that exit later than the start-up ones, move the prediction within a few batches.
+    """
+
+    sizes: Sequence[int]
+    seconds: dict[str, Sequence[float]]
+    alpha: float = 0.2  # weight of the newest observation in the correction factor
+    factor: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.sizes = tuple(int(s) for s in self.sizes)
+        if not self.sizes or list(self.sizes) != sorted(set(self.sizes)) or self.sizes[0] < 1:
+            raise ValueError(f"sizes must be increasing positive batch sizes, got {self.sizes}")
+        for name, secs in self.seconds.items():
+            if len(secs) != len(self.sizes) or not all(math.isfinite(s) and s > 0 for s in secs):
+                raise ValueError(f"point {name!r}: need {len(self.sizes)} positive finite times, got {list(secs)}")
+        # a bigger batch never takes less time: where start-up noise says it does, the rest of
+        # the row is raised to the largest time before it
+        self.seconds = {k: [max(v[: i + 1]) for i in range(len(v))] for k, v in self.seconds.items()}
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+
+    def base(self, name: str, n: int) -> float:
+        """The start-up measurement at batch size ``n`` (interpolated)."""
+        s, t = self.sizes, self.seconds[name]
+        if len(s) == 1:
+            return t[0] * n / s[0]
+        if n <= s[0]:
+            return t[0]
+        for i in range(1, len(s)):
+            if n <= s[i] or i == len(s) - 1:
+                a, b = i - 1, i
+                return max(t[a] + (t[b] - t[a]) * (n - s[a]) / (s[b] - s[a]), t[0])
+        raise AssertionError("unreachable")
+
+    def predict(self, name: str, n: int) -> float:
+        return self.factor.get(name, 1.0) * self.base(name, n)
+
+    def observe(self, name: str, n: int, seconds: float) -> None:
+        if name not in self.seconds or n < 1 or not (seconds > 0 and math.isfinite(seconds)):
+            return
+        ratio = seconds / self.base(name, n)
+        f = self.factor.get(name, 1.0)
+        self.factor[name] = (1 - self.alpha) * f + self.alpha * ratio
+
+    def to_dict(self) -> dict:
+        return {"sizes": list(self.sizes), "seconds": {k: list(v) for k, v in self.seconds.items()},
+                "factor": dict(self.factor)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    point: OperatingPoint
+    predicted_s: float  # predicted finish time of the last queued request at this point
+    fits: bool  # whether any point met the target (False: the fastest point, as the best effort)
+
+
+class Controller:
+    """Chooses the point for each batch (see the module docstring for the rule).
+
+    ``points``: the shipped points to choose from (calibrated: each has MACs and accuracy);
+    ``slo_s``: the p95 latency target in seconds (None: always the most accurate point);
+    ``pinned``: always this point (a static baseline); ``budget``: cap on the mean MACs per
+    input served; ``headroom``: the fraction of the target the prediction may use.
+    """
+
+    def __init__(self, points: Sequence[OperatingPoint], table: LatencyTable, *, max_batch: int,
+                 slo_s: float | None = None, pinned: str | None = None, budget: float | None = None,
+                 headroom: float = 0.7):
+        pts = [p for p in points if p.calibrated]
+        if not pts:
+            raise ValueError("the controller needs calibrated operating points (with MACs and accuracy)")
+        missing = [p.name for p in pts if p.name not in table.seconds]
+        if missing:
+            raise ValueError(f"the latency table has no times for {missing}")
+        if slo_s is not None and not (slo_s > 0 and math.isfinite(slo_s)):
+            raise ValueError(f"the latency target must be a positive number of seconds, got {slo_s!r}")
+        if budget is not None and not (budget > 0 and math.isfinite(budget)):
+            raise ValueError(f"the MAC budget must be a positive number, got {budget!r}")
+        if budget is not None and budget < min(p.macs for p in pts):
+            cheapest = min(pts, key=lambda p: p.macs)
+            raise ValueError(f"budget {budget / 1e6:.4g} M MACs is below the cheapest point "
+                             f"({cheapest.name}: {cheapest.macs / 1e6:.4g} M)")
+        if not 0 < headroom <= 1:
+            raise ValueError(f"headroom must be in (0, 1], got {headroom}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        # most accurate first; among equals the cheaper
+        self.points = sorted(pts, key=lambda p: (-p.accuracy, p.macs))
+        self.table, self.max_batch = table, int(max_batch)
+        self.slo_s, self.budget, self.headroom = slo_s, budget, headroom
+        self.pinned = None
+        if pinned is not None:
+            by_name = {p.name: p for p in pts}
+            if pinned not in by_name:
+                raise KeyError(f"no operating point named {pinned!r} (have: {', '.join(sorted(by_name))})")
+            self.pinned = by_name[pinned]
+        self.images = 0  # served so far, for the budget's running mean
+        self.macs = 0.0
+
+    @property
+    def best(self) -> OperatingPoint:
+        return self.pinned or self.points[0]
+
+    def finish_time(self, p: OperatingPoint, n: int, waited_s: float, queued: int) -> float:
+        """Predicted time until the last request now waiting is answered, all at point ``p``."""
+        rest = math.ceil(queued / self.max_batch) * self.table.predict(p.name, min(queued, self.max_batch)) \
+            if queued > 0 else 0.0
+        return waited_s + self.table.predict(p.name, n) + rest
+
+    def _affordable(self, p: OperatingPoint, n: int) -> bool:
+        if self.budget is None or p.macs <= self.budget:
+            return True
+        return (self.macs + p.macs * n) / (self.images + n) <= self.budget
+
+    def choose(self, n: int, waited_s: float = 0.0, queued: int = 0) -> Decision:
+        """The point for a batch of ``n`` whose oldest request has waited ``waited_s`` seconds,
+        with ``queued`` more inputs waiting behind it."""
+        if self.pinned is not None:
+            return Decision(self.pinned, self.finish_time(self.pinned, n, waited_s, queued), True)
+        cands = [p for p in self.points if self._affordable(p, n)]
+        if self.slo_s is None:
+            return Decision(cands[0], self.finish_time(cands[0], n, waited_s, queued), True)
+        target = self.headroom * self.slo_s
+        for p in cands:  # most accurate first
+            t = self.finish_time(p, n, waited_s, queued)
+            if t <= target:
+                return Decision(p, t, True)
+        fastest = min(cands, key=lambda p: (self.finish_time(p, n, waited_s, queued), -p.accuracy))
+        return Decision(fastest, self.finish_time(fastest, n, waited_s, queued), False)
+
+    def served(self, point: OperatingPoint, n: int, seconds: float, macs: float) -> None:
+        """Account a finished batch: its time updates the latency table, its MACs (the sum
+        over its inputs, as really spent) the running mean the budget caps."""
+        self.table.observe(point.name, n, seconds)
+        self.images += n
+        self.macs += macs
