@@ -191,6 +191,36 @@ def train_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def loadtest_table(records: list[dict]) -> str:
+    """Serving under load, one row per server and offered load: throughput, p95 / p99
+    latency against the target, served accuracy with its 95 % Wilson interval, mean MACs,
+    refusals (503), errors and lost requests, and the operating points used."""
+    lines = ["| server | offered load | offered (req/s) | served (req/s) | p95 (ms) | p99 (ms) | within target | "
+             "served top-1 (%) [95 % CI] | mean MACs (M) | 503 | errors | lost | operating points |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|"]
+    for r in records:
+        cfg = r.get("config") or {}
+        slo = cfg.get("slo_ms")
+        for u in sorted(r["results"]["runs"], key=lambda u: u["rate"]):
+            load = f"{u['offered_load']:.1f} C" if u.get("offered_load") is not None else "-"
+            p95, p99 = (u["latency_ms"] or {}).get("p95"), (u["latency_ms"] or {}).get("p99")
+            ok = "-" if slo is None or p95 is None else ("yes" if p95 <= slo else "no")
+            acc = "-" if u.get("accuracy") is None else \
+                f"{u['accuracy']:.2f} [{u['accuracy_ci95'][0]:.2f}, {u['accuracy_ci95'][1]:.2f}]"
+            mix = ", ".join(f"{k} {v:.0%}" for k, v in sorted(u["operating_points"].items(), key=lambda kv: -kv[1])
+                            if v >= 0.005)
+            num = lambda v, f: "-" if v is None else format(v, f)
+            lines.append(f"| {cfg.get('label', '-')} | {load} | {u['rate']:.0f} | {u['throughput']:.0f} | "
+                         f"{num(p95, '.0f')} | {num(p99, '.0f')} | {ok} | {acc} | "
+                         f"{num(u.get('macs_mean') and u['macs_mean'] / 1e6, '.1f')} | {u['rejected']} | "
+                         f"{u['errors']} | {u['lost']} | {mix or '-'} |")
+    targets = sorted({(r.get("config") or {}).get("slo_ms") for r in records} - {None})
+    if targets:
+        lines += ["", "Target: p95 within " + ", ".join(f"{t:.0f} ms" for t in targets) + "; C: the capacity "
+                  "of the server pinned to the most accurate point."]
+    return "\n".join(lines)
+
+
 def section_markers(section: str) -> tuple[str, str]:
     return f"<!-- anycost:{section}:begin -->", f"<!-- anycost:{section}:end -->"
 

@@ -111,9 +111,10 @@ def test_controller_needs_calibrated_points_with_times():
         Controller([TOP, OperatingPoint("x", {}, 1e6, 50.0, "calib")], table(), max_batch=8)
 
 
-def simulate(controller, rate, seconds=20.0, max_batch=32, max_wait=0.002, seed=0):
+def simulate(controller, rate, seconds=20.0, max_batch=32, max_wait=0.002, seed=0, slowdown=1.0):
     """Latencies of Poisson arrivals through one batching worker (fake clock). Batch times are
-    the table's own predictions, times a seeded +-10 % jitter the controller does not know."""
+    the table's own predictions, times a seeded +-10 % jitter the controller does not know
+    (and ``slowdown``: a machine slower than the start-up table said)."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1 / rate, int(rate * seconds)))
     t, i, lat, used = 0.0, 0, [], []
@@ -130,9 +131,9 @@ def simulate(controller, rate, seconds=20.0, max_batch=32, max_wait=0.002, seed=
         n = min(max_batch, np.searchsorted(arrivals, t, side="right") - i)
         queued = np.searchsorted(arrivals, t, side="right") - i - n
         p = controller.choose(int(n), t - arrivals[i], int(queued)).point
-        dt = truth.predict(p.name, int(n)) * rng.uniform(0.9, 1.1)
-        controller.served(p, int(n), dt, p.macs * n)
+        dt = truth.predict(p.name, int(n)) * rng.uniform(0.9, 1.1) * slowdown
         t += dt
+        controller.served(p, int(n), dt, p.macs * n, latency_s=t - arrivals[i])
         lat += list(t - arrivals[i:i + n])
         used += [p.name] * int(n)
         i += int(n)
@@ -155,3 +156,26 @@ def test_simulated_overload_adaptive_holds_the_target_where_the_pinned_top_point
             assert used.count("top") / len(used) < 0.5
     p95_pinned, _ = simulate(Controller(POINTS, table(), max_batch=32, pinned="top"), 2.0 * c_full)
     assert p95_pinned > 10 * slo  # the queue grows without bound
+
+
+def test_late_answers_shrink_the_usable_target_and_timely_ones_grow_it_back():
+    c = Controller(POINTS, table(), max_batch=32, slo_s=0.100, headroom=1.0, backoff=0.5, recover=0.25)
+    assert c.choose(32, 0.0, 64).point is MID  # predicted 0.054 s of 0.1
+    c.served(MID, 32, 0.02, 0.0, latency_s=0.150)  # answered late: something the table does not see
+    assert c.scale == 0.5 and c.choose(32, 0.0, 64).point is LOW  # mid's 0.054 > 0.05
+    c.served(MID, 32, 0.02, 0.0, latency_s=0.150)
+    c.served(MID, 32, 0.02, 0.0, latency_s=0.150)
+    c.served(MID, 32, 0.02, 0.0, latency_s=0.150)
+    assert c.scale == pytest.approx(0.1)  # the floor
+    for _ in range(4):
+        c.served(LOW, 32, 0.01, 0.0, latency_s=0.02)
+    assert c.scale == pytest.approx(1.0) and c.choose(32, 0.0, 64).point is MID
+    with pytest.raises(ValueError):
+        Controller(POINTS, table(), max_batch=32, backoff=1.0)
+
+
+def test_simulated_machine_slower_than_its_table_still_holds_the_target():
+    slo = 0.060
+    c = Controller(POINTS, table(), max_batch=32, slo_s=slo)
+    p95, used = simulate(c, 1.5 * capacity("top"), slowdown=1.6)
+    assert p95 <= slo, p95

@@ -39,7 +39,8 @@ def add(sub) -> None:
 def run(a) -> int:
     from anycost.plot import curves_from_record
     from anycost.records import RecordError, read_record
-    from anycost.report import bench_table, curves_table, gap_table, headline_table, summary_table, train_table
+    from anycost.report import (bench_table, curves_table, gap_table, headline_table, loadtest_table, summary_table,
+                                train_table)
 
     bad = [x for x in a.max_loss if not (math.isfinite(x) and x >= 0)]
     if bad:
@@ -51,7 +52,7 @@ def run(a) -> int:
     if bool(a.gap) != bool(a.gap_to):
         raise UserError("--gap METHOD_GLOB needs at least one --gap-to LABEL=METHOD_GLOB, and the reverse")
     groups = label_globs(a.gap_to, "--gap-to", "L-Net=lnet_*")
-    curves, benches, trains = [], [], []
+    curves, benches, trains, loads = [], [], [], []
     for p in a.records:
         rec = read_record(p)
         found = curves_from_record(rec)
@@ -59,6 +60,8 @@ def run(a) -> int:
             benches.append((rec["results"].get("method", p), rec["results"]["bench"]))
         elif rec.get("kind") == "train":
             trains.append(rec)
+        elif rec.get("kind") == "loadtest":
+            loads.append(rec)
         elif not found:
             raise RecordError(f"{p}: record has neither a curve, a benchmark nor a training history")
         curves.extend(found)
@@ -72,6 +75,7 @@ def run(a) -> int:
     elif curves:
         parts.append(curves_table(curves, frontier_only=a.frontier))
     parts += [bench_table(m, b) for m, b in benches]
+    parts += [loadtest_table(loads)] if loads else []
     text = "\n\n".join(parts)
     if a.into:
         from anycost.report import replace_section

@@ -179,10 +179,11 @@ class Service:
 
     async def predict(self, request) -> tuple[int, dict, dict]:
         """(status, JSON body, headers) for ``POST /predict``."""
+        arrived = self.engine.clock()  # reading and decoding count against the target too
         try:
             data = await self._body(request)
             x = decode_images(data, request.headers.get("content-type", ""), self.input_size, self.max_images)
-            return 200, await self.engine.submit(x), {}
+            return 200, await self.engine.submit(x, arrived), {}
         except HTTPError as e:
             return e.status, {"detail": e.detail}, e.headers
         except Overloaded as e:

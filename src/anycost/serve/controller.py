@@ -10,7 +10,11 @@ would be answered if this batch and the queue behind it were all served at that 
 where ``waited`` is how long the oldest request of the batch has already waited. It picks the
 most accurate point with ``finish <= headroom * slo`` (headroom < 1 because the target is a
 p95, not a mean, and arrivals keep coming while the batch runs), and the fastest point when
-none fits. A MAC budget, if given, caps the running mean of the MACs served: a point dearer
+none fits. The prediction cannot see everything (time spent reading and decoding a request
+before it is queued, other work on the machine), so the answer times are fed back: a batch
+whose oldest request took longer than the target shrinks the usable fraction of the target
+by ``backoff``, and each batch within it grows the fraction back by ``recover`` (additive
+increase, multiplicative decrease, as in TCP). A MAC budget, if given, caps the running mean of the MACs served: a point dearer
 than the budget is allowed only while the mean so far leaves room for it. Everything takes
 its time from arguments, so that tests drive it with a fake clock and fake latencies.
 """
@@ -96,12 +100,13 @@ class Controller:
     ``points``: the shipped points to choose from (calibrated: each has MACs and accuracy);
     ``slo_s``: the p95 latency target in seconds (None: always the most accurate point);
     ``pinned``: always this point (a static baseline); ``budget``: cap on the mean MACs per
-    input served; ``headroom``: the fraction of the target the prediction may use.
+    input served; ``headroom``: the fraction of the target the prediction may use at most;
+    ``backoff`` / ``recover`` / ``floor``: how answer times move that fraction (see above).
     """
 
     def __init__(self, points: Sequence[OperatingPoint], table: LatencyTable, *, max_batch: int,
                  slo_s: float | None = None, pinned: str | None = None, budget: float | None = None,
-                 headroom: float = 0.7):
+                 headroom: float = 0.7, backoff: float = 0.8, recover: float = 0.02, floor: float = 0.1):
         pts = [p for p in points if p.calibrated]
         if not pts:
             raise ValueError("the controller needs calibrated operating points (with MACs and accuracy)")
@@ -118,12 +123,16 @@ class Controller:
                              f"({cheapest.name}: {cheapest.macs / 1e6:.4g} M)")
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], got {headroom}")
+        if not (0 < backoff < 1 and 0 <= recover <= 1 and 0 < floor <= 1):
+            raise ValueError(f"need 0 < backoff < 1, 0 <= recover <= 1, 0 < floor <= 1; got {backoff}, {recover}, {floor}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         # most accurate first; among equals the cheaper
         self.points = sorted(pts, key=lambda p: (-p.accuracy, p.macs))
         self.table, self.max_batch = table, int(max_batch)
         self.slo_s, self.budget, self.headroom = slo_s, budget, headroom
+        self.backoff, self.recover, self.floor = backoff, recover, floor
+        self.scale = 1.0  # the fraction of headroom * slo the prediction may use now
         self.pinned = None
         if pinned is not None:
             by_name = {p.name: p for p in pts}
@@ -156,7 +165,7 @@ class Controller:
         cands = [p for p in self.points if self._affordable(p, n)]
         if self.slo_s is None:
             return Decision(cands[0], self.finish_time(cands[0], n, waited_s, queued), True)
-        target = self.headroom * self.slo_s
+        target = self.headroom * self.scale * self.slo_s
         for p in cands:  # most accurate first
             t = self.finish_time(p, n, waited_s, queued)
             if t <= target:
@@ -164,9 +173,16 @@ class Controller:
         fastest = min(cands, key=lambda p: (self.finish_time(p, n, waited_s, queued), -p.accuracy))
         return Decision(fastest, self.finish_time(fastest, n, waited_s, queued), False)
 
-    def served(self, point: OperatingPoint, n: int, seconds: float, macs: float) -> None:
-        """Account a finished batch: its time updates the latency table, its MACs (the sum
-        over its inputs, as really spent) the running mean the budget caps."""
+    def served(self, point: OperatingPoint, n: int, seconds: float, macs: float, latency_s: float | None = None
+               ) -> None:
+        """Account a finished batch: its inference time updates the latency table, its MACs
+        (the sum over its inputs, as really spent) the running mean the budget caps, and
+        ``latency_s`` (arrival to answer of its oldest request) the usable fraction of the target."""
         self.table.observe(point.name, n, seconds)
         self.images += n
         self.macs += macs
+        if latency_s is not None and self.slo_s is not None:
+            if latency_s > self.slo_s:
+                self.scale = max(self.floor, self.scale * self.backoff)
+            else:
+                self.scale = min(1.0, self.scale + self.recover)

@@ -78,7 +78,7 @@ def measure_latency(model: DynamicModel, points: list[OperatingPoint], sample: t
 
 def _metrics() -> Metrics:
     m = Metrics()
-    m.histogram("request_latency_seconds", "Time from a request's arrival in the queue to its answer")
+    m.histogram("request_latency_seconds", "Time from a request's arrival at the server to its answer")
     m.histogram("queue_wait_seconds", "Time a request waited before its batch started")
     m.histogram("batch_seconds", "Inference time of one batch, by operating point")
     m.histogram("batch_size", "Images per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
@@ -146,9 +146,11 @@ class Engine:
         fastest = min(self.controller.table.predict(p.name, self.max_batch) for p in self.controller.points)
         return max(1.0, math.ceil(fastest * math.ceil(self._queued_images / self.max_batch)))
 
-    def enqueue(self, x: torch.Tensor) -> concurrent.futures.Future:
+    def enqueue(self, x: torch.Tensor, arrived: float | None = None) -> concurrent.futures.Future:
         """Queue a (k, C, H, W) 0..1 batch (k <= max_batch); its future resolves to one dict
-        per image, or raises. :class:`Overloaded` if the queue cannot take it."""
+        per image, or raises. :class:`Overloaded` if the queue cannot take it. ``arrived``
+        (engine clock): when the request reached the server, if earlier than now (the HTTP
+        side passes the time before it read and decoded the body)."""
         k = x.shape[0]
         if not 1 <= k <= self.max_batch:
             raise ValueError(f"a request may hold 1 to {self.max_batch} images, got {k}")
@@ -160,15 +162,16 @@ class Engine:
                 self.metrics.inc("rejected_total", reason="queue_full")
                 raise Overloaded(f"queue full ({self._queued_images} images waiting, limit {self.max_queue})",
                                  self.retry_after())
-            req = _Request(x, self.clock())
+            now = self.clock()
+            req = _Request(x, now if arrived is None else min(arrived, now))
             self._queue.append(req)
             self._queued_images += k
             self.metrics.set("queue_depth", self._queued_images)
             self._cond.notify_all()
         return req.future
 
-    async def submit(self, x: torch.Tensor) -> dict:
-        return await asyncio.wrap_future(self.enqueue(x))
+    async def submit(self, x: torch.Tensor, arrived: float | None = None) -> dict:
+        return await asyncio.wrap_future(self.enqueue(x, arrived))
 
     def submit_sync(self, x: torch.Tensor, timeout: float | None = None) -> dict:
         return self.enqueue(x).result(timeout)
@@ -215,7 +218,8 @@ class Engine:
     def _serve(self, batch: list[_Request], queued: int) -> None:
         start = self.clock()
         n = sum(r.x.shape[0] for r in batch)
-        decision = self.controller.choose(n, start - batch[0].arrived, queued)
+        oldest = min(r.arrived for r in batch)
+        decision = self.controller.choose(n, start - oldest, queued)
         if not decision.fits:
             self.metrics.inc("slo_misses_predicted_total")
         op = decision.point
@@ -226,8 +230,8 @@ class Engine:
         p, k = prob.max(1)
         seconds = time.perf_counter() - t0
         macs = out.macs.double()
-        self.controller.served(op, n, seconds, float(macs.sum()))
         done = self.clock()
+        self.controller.served(op, n, seconds, float(macs.sum()), latency_s=done - oldest)
         self.metrics.observe("batch_seconds", seconds, operating_point=op.name)
         self.metrics.observe("batch_size", n)
         self.metrics.inc("images_total", n, operating_point=op.name)
