@@ -27,7 +27,7 @@ from pathlib import Path
 from anycost.records import dumps, make_record, write_json_atomic
 from anycost.serve.loadtest import plot_loadtest, run_loadtest
 
-MODELS = ["ee_resnet56.branch_joint_cifar10", "cnmm_r6.kd2_cifar10"]
+MODELS = ["ee_resnet56.branch_joint_cifar10", "cnmm_r9.kd_cifar10", "cnmm_r6.kd2_cifar10"]
 LOADS = [0.5, 1.0, 2.0, 4.0]
 SERVER = ["--threads", "1", "--max-batch", "64", "--max-wait-ms", "5", "--max-queue", "1024"]
 

@@ -38,13 +38,14 @@ def test_table_interpolates_extrapolates_and_never_predicts_a_bigger_batch_faste
     assert [noisy.predict("a", n) for n in (1, 4, 16)] == [0.010, 0.010, 0.020]
 
 
-def test_table_observations_move_the_prediction_by_a_moving_average():
+def test_table_observations_move_every_prediction_by_a_moving_average():
     t = table(alpha=0.5)
     t.observe("top", 8, 0.020)  # twice as slow as measured
     assert t.predict("top", 8) == pytest.approx(0.010 * 1.5)
     for _ in range(20):
         t.observe("top", 8, 0.020)
     assert t.predict("top", 32) == pytest.approx(2 * 0.034, rel=1e-3)  # the factor applies to every size
+    assert t.predict("low", 1) == pytest.approx(2 * 0.00225, rel=1e-3)  # and to every point
     t.observe("top", 8, float("nan"))  # ignored, like unknown points and empty batches
     t.observe("nope", 8, 1.0)
     t.observe("top", 0, 1.0)
@@ -67,6 +68,17 @@ def test_idle_server_gets_the_most_accurate_point_and_a_queue_makes_it_cheaper()
     assert d.point is MID and d.fits and d.predicted_s == pytest.approx(0.054)
     assert c.choose(32, 0.0, 32 * 8).point is LOW  # 9 batches: only low fits (0.01 * 9 = 0.09)
     d = c.choose(32, 0.05, 32 * 8)  # waited half the target already: nothing fits
+    assert d.point is LOW and not d.fits
+
+
+def test_a_point_that_cannot_keep_up_with_the_arrivals_is_not_chosen():
+    c = Controller(POINTS, table(), max_batch=32, slo_s=1.0, max_util=0.8)
+    assert c.choose(1, 0.0, 0, arrival_rate=0.0).point is TOP
+    # top serves 32 / 0.034 = 941 images/s at full batches: 800/s would keep it 85 % busy
+    assert c.utilisation(TOP, 800.0) == pytest.approx(800 * 0.034 / 32)
+    assert c.choose(1, 0.0, 0, arrival_rate=800.0).point is MID
+    assert c.choose(1, 0.0, 0, arrival_rate=2500.0).point is LOW  # 2500 * 0.018 / 32 = 1.4 > 0.8: mid neither
+    d = c.choose(1, 0.0, 0, arrival_rate=1e6)  # nothing keeps up: the fastest, as the best effort
     assert d.point is LOW and not d.fits
 
 
@@ -130,7 +142,8 @@ def simulate(controller, rate, seconds=20.0, max_batch=32, max_wait=0.002, seed=
             t = max(t, arrivals[i + max_batch - 1])
         n = min(max_batch, np.searchsorted(arrivals, t, side="right") - i)
         queued = np.searchsorted(arrivals, t, side="right") - i - n
-        p = controller.choose(int(n), t - arrivals[i], int(queued)).point
+        rate = np.searchsorted(arrivals, t, side="right") - np.searchsorted(arrivals, t - 1.0, side="right")
+        p = controller.choose(int(n), t - arrivals[i], int(queued), float(rate)).point
         dt = truth.predict(p.name, int(n)) * rng.uniform(0.9, 1.1) * slowdown
         t += dt
         controller.served(p, int(n), dt, p.macs * n, latency_s=t - arrivals[i])

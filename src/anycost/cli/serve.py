@@ -33,6 +33,8 @@ def add(sub) -> None:
     s.add_argument("--max-queue", type=int, default=1024, help="images waiting at most; more get 503 (default 1024)")
     s.add_argument("--max-images", type=int, help="images per request at most (default --max-batch)")
     s.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit; larger gets 413 (default 8)")
+    s.add_argument("--headroom", type=float, default=0.7,
+                   help="fraction of --slo-ms the controller's predicted finish time may use (default 0.7)")
     s.add_argument("--max-points", type=int, default=8, help="frontier points the controller chooses among (default 8)")
     s.add_argument("--data-dir", help="dataset folder: start-up latencies are measured on its calibration images "
                                       "(default: noise, corrected online)")
@@ -70,7 +72,7 @@ def run(a) -> int:
         raise UserError("--op pins one point: it takes no --budget")
     config = ServeConfig(slo_ms=a.slo_ms, op=a.op, budget=a.budget, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
                          max_queue=a.max_queue, max_images=a.max_images, max_body_bytes=int(a.max_body_mb * 2**20),
-                         max_points=a.max_points, device=a.device)
+                         max_points=a.max_points, headroom=a.headroom, device=a.device)
     if a.ray:
         from anycost.serve.ray_serve import serve_with_ray
 

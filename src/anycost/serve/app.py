@@ -64,6 +64,8 @@ class ServeConfig:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
                 bad(name, f"a positive finite number, got {v!r}")
+        if not (isinstance(self.headroom, (int, float)) and 0 < self.headroom <= 1):
+            bad("headroom", f"in (0, 1], got {self.headroom!r}")
         if self.op is not None and (self.slo_ms is not None or self.budget is not None):
             raise ValueError("a pinned point (op) takes no latency target or budget: the point is fixed")
 

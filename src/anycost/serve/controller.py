@@ -9,8 +9,10 @@ would be answered if this batch and the queue behind it were all served at that 
 
 where ``waited`` is how long the oldest request of the batch has already waited. It picks the
 most accurate point with ``finish <= headroom * slo`` (headroom < 1 because the target is a
-p95, not a mean, and arrivals keep coming while the batch runs), and the fastest point when
-none fits. The prediction cannot see everything (time spent reading and decoding a request
+p95, not a mean, and arrivals keep coming while the batch runs) that can also keep up with
+the recent arrival rate: at full batches it must be busy at most ``max_util`` of the time,
+or the queue it leaves behind grows until a later batch has to fall far. When none fits,
+the cheapest point in MACs serves: the best effort, whatever the table says. The prediction cannot see everything (time spent reading and decoding a request
 before it is queued, other work on the machine), so the answer times are fed back: a batch
 whose oldest request took longer than the target shrinks the usable fraction of the target
 by ``backoff``, and each batch within it grows the fraction back by ``recover`` (additive
@@ -22,7 +24,7 @@ its time from arguments, so that tests drive it with a fake clock and fake laten
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from anycost.core import OperatingPoint
@@ -36,15 +38,18 @@ class LatencyTable:
 
     ``seconds[name][i]`` was measured at batch size ``sizes[i]``; sizes in between are
     interpolated linearly and sizes beyond the largest extrapolated from the last two (batch
-    time is close to affine in n on a CPU). ``observe`` keeps one correction factor per point,
-    an exponential moving average of observed / predicted, so that a machine that slows down,
-    or inputs that exit later than the start-up ones, move the prediction within a few batches.
+    time is close to affine in n on a CPU). ``observe`` keeps one correction factor, an
+    exponential moving average of observed / predicted over every batch, so that a machine
+    that slows down moves every prediction within a few batches. The factor is shared, not
+    per point: a per-point factor inflated by a few unlucky batches would keep its point
+    unchosen, and so never corrected, and the start-up ordering of the points is the more
+    reliable part of the table.
     """
 
     sizes: Sequence[int]
     seconds: dict[str, Sequence[float]]
-    alpha: float = 0.2  # weight of the newest observation in the correction factor
-    factor: dict[str, float] = field(default_factory=dict)
+    alpha: float = 0.1  # weight of the newest observation in the correction factor
+    factor: float = 1.0
 
     def __post_init__(self):
         self.sizes = tuple(int(s) for s in self.sizes)
@@ -73,25 +78,23 @@ class LatencyTable:
         raise AssertionError("unreachable")
 
     def predict(self, name: str, n: int) -> float:
-        return self.factor.get(name, 1.0) * self.base(name, n)
+        return self.factor * self.base(name, n)
 
     def observe(self, name: str, n: int, seconds: float) -> None:
         if name not in self.seconds or n < 1 or not (seconds > 0 and math.isfinite(seconds)):
             return
-        ratio = seconds / self.base(name, n)
-        f = self.factor.get(name, 1.0)
-        self.factor[name] = (1 - self.alpha) * f + self.alpha * ratio
+        self.factor = (1 - self.alpha) * self.factor + self.alpha * seconds / self.base(name, n)
 
     def to_dict(self) -> dict:
         return {"sizes": list(self.sizes), "seconds": {k: list(v) for k, v in self.seconds.items()},
-                "factor": dict(self.factor)}
+                "factor": self.factor}
 
 
 @dataclass(frozen=True)
 class Decision:
     point: OperatingPoint
     predicted_s: float  # predicted finish time of the last queued request at this point
-    fits: bool  # whether any point met the target (False: the fastest point, as the best effort)
+    fits: bool  # whether any point met the target (False: the cheapest point, as the best effort)
 
 
 class Controller:
@@ -101,12 +104,14 @@ class Controller:
     ``slo_s``: the p95 latency target in seconds (None: always the most accurate point);
     ``pinned``: always this point (a static baseline); ``budget``: cap on the mean MACs per
     input served; ``headroom``: the fraction of the target the prediction may use at most;
-    ``backoff`` / ``recover`` / ``floor``: how answer times move that fraction (see above).
+    ``backoff`` / ``recover`` / ``floor``: how answer times move that fraction (see above);
+    ``max_util``: the busiest a point may be kept at the recent arrival rate.
     """
 
     def __init__(self, points: Sequence[OperatingPoint], table: LatencyTable, *, max_batch: int,
                  slo_s: float | None = None, pinned: str | None = None, budget: float | None = None,
-                 headroom: float = 0.7, backoff: float = 0.8, recover: float = 0.02, floor: float = 0.1):
+                 headroom: float = 0.7, backoff: float = 0.8, recover: float = 0.02, floor: float = 0.1,
+                 max_util: float = 0.8):
         pts = [p for p in points if p.calibrated]
         if not pts:
             raise ValueError("the controller needs calibrated operating points (with MACs and accuracy)")
@@ -125,13 +130,15 @@ class Controller:
             raise ValueError(f"headroom must be in (0, 1], got {headroom}")
         if not (0 < backoff < 1 and 0 <= recover <= 1 and 0 < floor <= 1):
             raise ValueError(f"need 0 < backoff < 1, 0 <= recover <= 1, 0 < floor <= 1; got {backoff}, {recover}, {floor}")
+        if not 0 < max_util <= 1:
+            raise ValueError(f"max_util must be in (0, 1], got {max_util}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         # most accurate first; among equals the cheaper
         self.points = sorted(pts, key=lambda p: (-p.accuracy, p.macs))
         self.table, self.max_batch = table, int(max_batch)
         self.slo_s, self.budget, self.headroom = slo_s, budget, headroom
-        self.backoff, self.recover, self.floor = backoff, recover, floor
+        self.backoff, self.recover, self.floor, self.max_util = backoff, recover, floor, max_util
         self.scale = 1.0  # the fraction of headroom * slo the prediction may use now
         self.pinned = None
         if pinned is not None:
@@ -157,9 +164,15 @@ class Controller:
             return True
         return (self.macs + p.macs * n) / (self.images + n) <= self.budget
 
-    def choose(self, n: int, waited_s: float = 0.0, queued: int = 0) -> Decision:
+    def utilisation(self, p: OperatingPoint, arrival_rate: float) -> float:
+        """The fraction of the time point ``p`` would be busy serving ``arrival_rate`` inputs
+        per second in full batches."""
+        return arrival_rate * self.table.predict(p.name, self.max_batch) / self.max_batch
+
+    def choose(self, n: int, waited_s: float = 0.0, queued: int = 0, arrival_rate: float = 0.0) -> Decision:
         """The point for a batch of ``n`` whose oldest request has waited ``waited_s`` seconds,
-        with ``queued`` more inputs waiting behind it."""
+        with ``queued`` more inputs waiting behind it and inputs arriving at ``arrival_rate``
+        per second of late."""
         if self.pinned is not None:
             return Decision(self.pinned, self.finish_time(self.pinned, n, waited_s, queued), True)
         cands = [p for p in self.points if self._affordable(p, n)]
@@ -168,10 +181,10 @@ class Controller:
         target = self.headroom * self.scale * self.slo_s
         for p in cands:  # most accurate first
             t = self.finish_time(p, n, waited_s, queued)
-            if t <= target:
+            if t <= target and self.utilisation(p, arrival_rate) <= self.max_util:
                 return Decision(p, t, True)
-        fastest = min(cands, key=lambda p: (self.finish_time(p, n, waited_s, queued), -p.accuracy))
-        return Decision(fastest, self.finish_time(fastest, n, waited_s, queued), False)
+        cheapest = min(cands, key=lambda p: (p.macs, -p.accuracy))
+        return Decision(cheapest, self.finish_time(cheapest, n, waited_s, queued), False)
 
     def served(self, point: OperatingPoint, n: int, seconds: float, macs: float, latency_s: float | None = None
                ) -> None:

@@ -114,6 +114,8 @@ class Engine:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._arrivals: deque[tuple[float, int]] = deque()  # (time, images) over the last rate_window_s
+        self.rate_window_s = 1.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,6 +167,7 @@ class Engine:
             now = self.clock()
             req = _Request(x, now if arrived is None else min(arrived, now))
             self._queue.append(req)
+            self._arrivals.append((now, k))
             self._queued_images += k
             self.metrics.set("queue_depth", self._queued_images)
             self._cond.notify_all()
@@ -178,7 +181,7 @@ class Engine:
 
     # ------------------------------------------------------------------ worker
 
-    def _take_batch(self) -> tuple[list[_Request], int] | None:
+    def _take_batch(self) -> tuple[list[_Request], int, float] | None:
         """Block until a batch is due; pop it. None when stopping with nothing left."""
         with self._cond:
             while not self._queue:
@@ -198,16 +201,23 @@ class Engine:
                 n += r.x.shape[0]
             self._queued_images -= n
             self.metrics.set("queue_depth", self._queued_images)
-            return batch, self._queued_images
+            return batch, self._queued_images, self._arrival_rate()
+
+    def _arrival_rate(self) -> float:
+        """Images per second that arrived over the last ``rate_window_s`` (lock held)."""
+        now = self.clock()
+        while self._arrivals and self._arrivals[0][0] < now - self.rate_window_s:
+            self._arrivals.popleft()
+        return sum(k for _, k in self._arrivals) / self.rate_window_s
 
     def _run(self) -> None:
         while True:
             got = self._take_batch()
             if got is None:
                 return
-            batch, queued = got
+            batch, queued, rate = got
             try:
-                self._serve(batch, queued)
+                self._serve(batch, queued, rate)
             except Exception as e:  # a failed batch fails its requests, never the worker
                 self.metrics.inc("errors_total", kind=type(e).__name__)
                 for r in batch:
@@ -215,11 +225,11 @@ class Engine:
                         r.future.set_exception(e)
 
     @torch.no_grad()
-    def _serve(self, batch: list[_Request], queued: int) -> None:
+    def _serve(self, batch: list[_Request], queued: int, rate: float = 0.0) -> None:
         start = self.clock()
         n = sum(r.x.shape[0] for r in batch)
         oldest = min(r.arrived for r in batch)
-        decision = self.controller.choose(n, start - oldest, queued)
+        decision = self.controller.choose(n, start - oldest, queued, rate)
         if not decision.fits:
             self.metrics.inc("slo_misses_predicted_total")
         op = decision.point

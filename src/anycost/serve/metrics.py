@@ -24,9 +24,12 @@ def _labels(labels: dict) -> str:
 
 
 def _num(v: float) -> str:
+    v = float(v)
+    if math.isnan(v):
+        return "NaN"
     if math.isinf(v):
         return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v)) if abs(v) < 1e15 else repr(float(v))
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
 
 
 class Metrics:
