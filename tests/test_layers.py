@@ -17,7 +17,7 @@ LAYERS = [
     {"zoo"},
     {"eval", "train", "bench", "distributed", "segmentation", "predict"},
     {"plot", "report"},
-    {"demo", "reproduce"},
+    {"demo", "reproduce", "serve"},
     {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

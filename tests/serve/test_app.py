@@ -137,7 +137,7 @@ def test_body_over_the_limit_is_413_with_or_without_a_length(model):
         assert r.status_code == 413 and "limit" in r.json()["detail"]
 
 
-def test_full_queue_answers_503_with_retry_after_and_accepted_requests_still_finish(model):
+def test_full_queue_answers_503_with_retry_after_and_accepted_requests_still_finish(model, monkeypatch):
     s = service(model, max_batch=2, max_queue=2, max_wait_ms=0.0)
     entered, gate = threading.Event(), threading.Event()
     real = s.engine.model.infer
@@ -147,7 +147,7 @@ def test_full_queue_answers_503_with_retry_after_and_accepted_requests_still_fin
         gate.wait(30)
         return real(*a, **k)
 
-    s.engine.model.infer = held
+    monkeypatch.setattr(s.engine.model, "infer", held)  # the model is shared by the module's tests
     body = png(0)[1]
     with TestClient(create_app(s)) as client:
         answers = []
@@ -177,9 +177,10 @@ def test_full_queue_answers_503_with_retry_after_and_accepted_requests_still_fin
 
 def test_engine_batches_up_to_max_batch_never_splits_a_request_and_drains_on_stop(model):
     s = service(model, max_batch=4, max_wait_ms=200.0)
-    e = s.engine.start()
+    e = s.engine
     x = torch.rand(3, 3, 32, 32)
     futs = [e.enqueue(x), e.enqueue(x[:1]), e.enqueue(x[:2])]  # 3 + 1 fill one batch; the 2 go in the next
+    e.start()
     e.stop()  # refuses new work, finishes what it accepted
     res = [f.result(10) for f in futs]
     assert [r["batch_size"] for r in res] == [4, 4, 2]
@@ -190,7 +191,7 @@ def test_engine_batches_up_to_max_batch_never_splits_a_request_and_drains_on_sto
         s.engine.enqueue(torch.rand(5, 3, 32, 32))
 
 
-def test_a_failing_batch_fails_its_requests_but_not_the_worker(model):
+def test_a_failing_batch_fails_its_requests_but_not_the_worker(model, monkeypatch):
     s = service(model)
     real, calls = s.engine.model.infer, []
 
@@ -200,7 +201,7 @@ def test_a_failing_batch_fails_its_requests_but_not_the_worker(model):
             raise RuntimeError("boom")
         return real(*a, **k)
 
-    s.engine.model.infer = flaky
+    monkeypatch.setattr(s.engine.model, "infer", flaky)  # the model is shared by the module's tests
     e = s.engine.start()
     with pytest.raises(RuntimeError, match="boom"):
         e.submit_sync(torch.rand(1, 3, 32, 32), 10)
@@ -243,3 +244,71 @@ def test_config_refuses_nonsense(kw):
 def test_decode_greyscale_npy_without_a_channel_axis():
     x = decode_images(npy(np.full((2, 8, 8), 255, np.uint8)), "application/x-npy", (1, 8, 8), 4)
     assert x.shape == (2, 1, 8, 8) and float(x.max()) == 1.0
+
+
+def test_a_cancelled_request_is_dropped_and_fails_nothing_else(model):
+    s = service(model, max_batch=4, max_wait_ms=0.0)
+    e = s.engine
+    x = torch.rand(1, 3, 32, 32)
+    gone, kept = e.enqueue(x), e.enqueue(x)
+    assert gone.cancel()  # the client went away while its request was queued
+    e.start()
+    assert kept.result(10)["batch_size"] == 1  # served alone: the cancelled one took no place
+    e.stop()
+    assert gone.cancelled() and e.metrics.value("errors_total", kind="InvalidStateError") == 0
+    assert e.queued_images == 0
+
+
+def test_flush_stops_waiting_for_a_batch_to_fill(model):
+    s = service(model, max_batch=8, max_wait_ms=600_000.0)  # would wait ten minutes for a full batch
+    e = s.engine.start()
+    f = e.enqueue(torch.rand(1, 3, 32, 32))
+    e.flush()
+    assert f.result(60)["batch_size"] == 1
+    e.stop()
+
+
+def test_multipart_ignores_form_fields_and_refuses_empty_files(model):
+    s = service(model)
+    with TestClient(create_app(s)) as client:
+        r = client.post("/predict", data={"note": "hello"}, files=[("image", ("a.png", png(0)[1], "image/png"))])
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+        r = client.post("/predict", data={"note": "hello"}, files=[("image", ("a.png", b"", "image/png"))])
+        assert r.status_code == 400 and "empty file" in r.json()["detail"]
+        r = client.post("/predict", data={"note": "hello"}, files=[("x", ("x.txt", b"", "text/plain"))])
+        assert r.status_code == 400
+
+
+def test_an_npy_header_declaring_a_huge_array_is_refused_before_allocating(model):
+    import numpy.lib.format as npf
+
+    b = io.BytesIO()
+    npf.write_array_header_1_0(b, {"descr": "|u1", "fortran_order": False, "shape": (10**6, 32, 32, 3)})
+    s = service(model)
+    with TestClient(create_app(s)) as client:
+        r = client.post("/predict", content=b.getvalue() + b"\0" * 100, headers={"content-type": "application/x-npy"})
+    assert r.status_code == 400 and "more than the body holds" in r.json()["detail"]
+
+
+def test_a_failing_model_answers_500_and_is_counted(model, monkeypatch):
+    s = service(model)
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(s.engine.model, "infer", broken)  # the model is shared by the module's tests
+    with TestClient(create_app(s)) as client:
+        r = client.post("/predict", content=png(0)[1], headers={"content-type": "image/png"})
+        text = client.get("/metrics").text
+    assert r.status_code == 500 and "boom" in r.json()["detail"]
+    assert 'anycost_requests_total{status="500"} 1' in text and 'anycost_errors_total{kind="RuntimeError"} 1' in text
+
+
+def test_a_big_body_decodes_off_the_event_loop(model, monkeypatch):
+    import anycost.serve.app as app_mod
+
+    monkeypatch.setattr(app_mod, "INLINE_DECODE_BYTES", 10)  # every body counts as big
+    s = service(model)
+    with TestClient(create_app(s)) as client:
+        r = client.post("/predict", content=png(3)[1], headers={"content-type": "image/png"})
+    assert r.status_code == 200

@@ -109,6 +109,14 @@ def test_budget_caps_the_running_mean_of_macs_served():
         Controller(POINTS, table(), max_batch=8, budget=10e6)
 
 
+def test_budget_counts_the_macs_really_spent_and_falls_back_to_the_cheapest_point():
+    c = Controller(POINTS, table(), max_batch=8, budget=60e6)
+    c.served(MID, 8, 0.01, 8 * 90e6)  # mid's inputs cost far more than its calibrated mean
+    assert c.choose(8).point is LOW  # even mid would keep the mean above the budget
+    c.served(LOW, 8, 0.01, 8 * 25e6)
+    assert c.choose(8).point is MID  # (720 + 200 + 400) / 24 = 55 M
+
+
 @pytest.mark.parametrize("kw", [{"slo_s": 0}, {"slo_s": math.inf}, {"budget": -1.0}, {"headroom": 0},
                                 {"max_batch": 0}])
 def test_controller_refuses_nonsense(kw):

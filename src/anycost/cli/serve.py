@@ -77,7 +77,7 @@ def run(a) -> int:
         from anycost.serve.ray_serve import serve_with_ray
 
         return serve_with_ray(a.model, config, replicas=a.replicas, host=a.host, port=a.port, zoo_dir=a.zoo_dir,
-                              data_dir=a.data_dir, threads=a.threads)
+                              data_dir=a.data_dir, threads=a.threads, grace_s=a.grace_s)
     from anycost.serve.server import latency_sample, serve_forever
 
     model, cfg = load_model(a.model, a.device, a.zoo_dir)

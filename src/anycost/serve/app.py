@@ -27,6 +27,7 @@ __all__ = ["ServeConfig", "Service", "HTTPError", "build_service", "create_app",
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
+INLINE_DECODE_BYTES = 64 << 10  # smaller bodies decode on the event loop: a thread hop costs more
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,22 @@ def _decode_one(data: bytes, input_size: tuple[int, int, int], what: str) -> np.
 
 def _decode_npy(data: bytes, input_size: tuple[int, int, int]) -> np.ndarray:
     c, h, w = input_size
+    f = io.BytesIO(data)
+    try:
+        # the header first: numpy would allocate whatever shape it declares before reading
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except Exception:  # numpy raises ValueError, OSError or EOFError on a bad header
+        raise HTTPError(400, "body is not a .npy array (numpy.save format, no pickles)") from None
+    if dtype != np.uint8:
+        raise HTTPError(422, f"the array must be uint8 pixels, got {dtype}")
+    if math.prod(shape) > len(data):
+        raise HTTPError(400, f"the .npy header declares shape {tuple(shape)}, more than the body holds")
     try:
         a = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception:  # numpy raises ValueError, OSError or EOFError on a bad header or short data
+    except Exception:
         raise HTTPError(400, "body is not a .npy array (numpy.save format, no pickles)") from None
-    if a.dtype != np.uint8:
-        raise HTTPError(422, f"the array must be uint8 pixels, got {a.dtype}")
     if c == 1 and a.ndim in (2, 3) and a.shape[-2:] == (h, w):
         a = a[..., None]  # greyscale without a channel axis
     if a.ndim == 3:
@@ -117,15 +128,21 @@ def _decode_npy(data: bytes, input_size: tuple[int, int, int]) -> np.ndarray:
 
 
 def _multipart(data: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    """The file parts of a multipart body (those with a file name or an image type); other
+    form fields are ignored, an empty file is an error."""
     msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + data)
     if not msg.is_multipart():
         raise HTTPError(400, "malformed multipart body")
     parts = []
     for i, part in enumerate(msg.iter_parts()):
+        name = part.get_filename()
+        if name is None and part.get_content_maintype() != "image":
+            continue
         payload = part.get_payload(decode=True)
-        if payload:
-            parts.append((part.get_filename() or f"part {i + 1}", payload))
+        if not payload:
+            raise HTTPError(400, f"{name or f'part {i + 1}'}: empty file")
+        parts.append((name or f"part {i + 1}", payload))
     return parts
 
 
@@ -143,7 +160,7 @@ def decode_images(data: bytes, content_type: str, input_size: tuple[int, int, in
     elif ctype == "multipart/form-data":
         parts = _multipart(data, content_type)
         if not parts:
-            raise HTTPError(400, "multipart body holds no files")
+            raise HTTPError(400, "multipart body holds no image files")
         if len(parts) > max_images:
             raise HTTPError(422, f"{len(parts)} images in one request; at most {max_images}")
         arr = np.stack([_decode_one(b, input_size, name) for name, b in parts])
@@ -167,10 +184,12 @@ class Service:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
-                raise HTTPError(400, "bad Content-Length")
-            if int(declared) > limit:
-                raise HTTPError(413, f"body of {int(declared)} bytes; the limit is {limit}")
+            try:
+                size = int(declared)
+            except ValueError:
+                raise HTTPError(400, "bad Content-Length") from None
+            if size > limit:
+                raise HTTPError(413, f"body of {size} bytes; the limit is {limit}")
         chunks, size = [], 0
         async for chunk in request.stream():  # also bounds bodies sent without a length
             size += len(chunk)
@@ -182,14 +201,24 @@ class Service:
     async def predict(self, request) -> tuple[int, dict, dict]:
         """(status, JSON body, headers) for ``POST /predict``."""
         arrived = self.engine.clock()  # reading and decoding count against the target too
+        ctype = request.headers.get("content-type", "")
         try:
             data = await self._body(request)
-            x = decode_images(data, request.headers.get("content-type", ""), self.input_size, self.max_images)
-            return 200, await self.engine.submit(x, arrived), {}
+            if len(data) <= INLINE_DECODE_BYTES:
+                x = decode_images(data, ctype, self.input_size, self.max_images)
+            else:  # a big body would stall the event loop: accepting, refusing, /health
+                x = await asyncio.to_thread(decode_images, data, ctype, self.input_size, self.max_images)
         except HTTPError as e:
             return e.status, {"detail": e.detail}, e.headers
+        except Exception as e:  # a bug, not the client's fault: 500, counted
+            self.engine.metrics.inc("errors_total", kind=type(e).__name__)
+            return 500, {"detail": f"internal error while decoding ({type(e).__name__})"}, {}
+        try:
+            return 200, await self.engine.submit(x, arrived), {}
         except Overloaded as e:
             return 503, {"detail": str(e)}, {"Retry-After": str(int(math.ceil(e.retry_after)))}
+        except Exception as e:  # the batch failed (the engine counted it)
+            return 500, {"detail": f"inference failed ({type(e).__name__}: {e})"}, {}
 
     def health(self) -> tuple[int, dict]:
         ok = self.engine.running

@@ -12,12 +12,16 @@ most accurate point with ``finish <= headroom * slo`` (headroom < 1 because the 
 p95, not a mean, and arrivals keep coming while the batch runs) that can also keep up with
 the recent arrival rate: at full batches it must be busy at most ``max_util`` of the time,
 or the queue it leaves behind grows until a later batch has to fall far. When none fits,
-the cheapest point in MACs serves: the best effort, whatever the table says. The prediction cannot see everything (time spent reading and decoding a request
-before it is queued, other work on the machine), so the answer times are fed back: a batch
-whose oldest request took longer than the target shrinks the usable fraction of the target
-by ``backoff``, and each batch within it grows the fraction back by ``recover`` (additive
-increase, multiplicative decrease, as in TCP). A MAC budget, if given, caps the running mean of the MACs served: a point dearer
-than the budget is allowed only while the mean so far leaves room for it. Everything takes
+the cheapest point in MACs serves: the best effort, whatever the table says.
+
+The prediction cannot see everything (time spent reading and decoding a request before it
+is queued, other work on the machine), so the answer times are fed back: a batch whose
+oldest request took longer than the target shrinks the usable fraction of the target by
+``backoff``, and each batch within it grows the fraction back by ``recover`` (additive
+increase, multiplicative decrease, as in TCP).
+
+A MAC budget, if given, targets the running mean of the MACs really served since start-up:
+a point is allowed only while the mean with this batch stays within it. Everything takes
 its time from arguments, so that tests drive it with a fake clock and fake latencies.
 """
 
@@ -102,8 +106,8 @@ class Controller:
 
     ``points``: the shipped points to choose from (calibrated: each has MACs and accuracy);
     ``slo_s``: the p95 latency target in seconds (None: always the most accurate point);
-    ``pinned``: always this point (a static baseline); ``budget``: cap on the mean MACs per
-    input served; ``headroom``: the fraction of the target the prediction may use at most;
+    ``pinned``: always this point (a static baseline); ``budget``: target for the mean MACs
+    per input served; ``headroom``: the fraction of the target the prediction may use at most;
     ``backoff`` / ``recover`` / ``floor``: how answer times move that fraction (see above);
     ``max_util``: the busiest a point may be kept at the recent arrival rate.
     """
@@ -160,9 +164,9 @@ class Controller:
         return waited_s + self.table.predict(p.name, n) + rest
 
     def _affordable(self, p: OperatingPoint, n: int) -> bool:
-        if self.budget is None or p.macs <= self.budget:
-            return True
-        return (self.macs + p.macs * n) / (self.images + n) <= self.budget
+        """Whether serving n inputs at p keeps the running mean (of the MACs really spent)
+        within the budget."""
+        return self.budget is None or (self.macs + p.macs * n) / (self.images + n) <= self.budget
 
     def utilisation(self, p: OperatingPoint, arrival_rate: float) -> float:
         """The fraction of the time point ``p`` would be busy serving ``arrival_rate`` inputs
@@ -175,7 +179,9 @@ class Controller:
         per second of late."""
         if self.pinned is not None:
             return Decision(self.pinned, self.finish_time(self.pinned, n, waited_s, queued), True)
-        cands = [p for p in self.points if self._affordable(p, n)]
+        # the cheapest point when nothing fits the budget: early exits may have spent more than
+        # their calibrated mean, and the mean can only come back down from there
+        cands = [p for p in self.points if self._affordable(p, n)] or [min(self.points, key=lambda p: p.macs)]
         if self.slo_s is None:
             return Decision(cands[0], self.finish_time(cands[0], n, waited_s, queued), True)
         target = self.headroom * self.scale * self.slo_s

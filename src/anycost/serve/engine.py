@@ -113,6 +113,7 @@ class Engine:
         self._queued_images = 0
         self._cond = threading.Condition()
         self._stopping = False
+        self._flushing = False  # shutting down: run what is queued without waiting for batches to fill
         self._thread: threading.Thread | None = None
         self._arrivals: deque[tuple[float, int]] = deque()  # (time, images) over the last rate_window_s
         self.rate_window_s = 1.0
@@ -124,6 +125,13 @@ class Engine:
             self._thread = threading.Thread(target=self._run, name="anycost-serve-worker", daemon=True)
             self._thread.start()
         return self
+
+    def flush(self) -> None:
+        """Stop waiting for batches to fill (the server is shutting down: answer what is
+        queued as soon as the worker can)."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new requests, finish every accepted one, then end the worker."""
@@ -157,7 +165,7 @@ class Engine:
         if not 1 <= k <= self.max_batch:
             raise ValueError(f"a request may hold 1 to {self.max_batch} images, got {k}")
         with self._cond:
-            if self._stopping or self._thread is None:
+            if self._stopping:
                 self.metrics.inc("rejected_total", reason="stopping")
                 raise Overloaded("the server is shutting down", 1.0)
             if self._queued_images + k > self.max_queue:
@@ -189,7 +197,7 @@ class Engine:
                     return None
                 self._cond.wait()
             # wait for a full batch, or until the oldest request has waited max_wait
-            while self._queued_images < self.max_batch and not self._stopping:
+            while self._queued_images < self.max_batch and not (self._stopping or self._flushing):
                 left = self._queue[0].arrived + self.max_wait_s - self.clock()
                 if left <= 0:
                     break
@@ -197,9 +205,13 @@ class Engine:
             batch, n = [], 0
             while self._queue and n + self._queue[0].x.shape[0] <= self.max_batch:
                 r = self._queue.popleft()
-                batch.append(r)
-                n += r.x.shape[0]
-            self._queued_images -= n
+                k = r.x.shape[0]
+                self._queued_images -= k
+                # a request whose caller gave up (client gone, handler cancelled) is dropped
+                # here; from now on the future can no longer be cancelled
+                if r.future.set_running_or_notify_cancel():
+                    batch.append(r)
+                    n += k
             self.metrics.set("queue_depth", self._queued_images)
             return batch, self._queued_images, self._arrival_rate()
 
@@ -216,10 +228,12 @@ class Engine:
             if got is None:
                 return
             batch, queued, rate = got
+            if not batch:  # every request taken was cancelled
+                continue
             try:
                 self._serve(batch, queued, rate)
             except Exception as e:  # a failed batch fails its requests, never the worker
-                self.metrics.inc("errors_total", kind=type(e).__name__)
+                self.metrics.inc("errors_total", len(batch), kind=type(e).__name__)
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(e)

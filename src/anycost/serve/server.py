@@ -43,15 +43,28 @@ def bind(host: str, port: int) -> socket.socket:
 def serve_forever(model: DynamicModel, config: ServeConfig = ServeConfig(), *, name: str | None = None,
                   host: str = "127.0.0.1", port: int = 8000, sample: torch.Tensor | None = None,
                   grace_s: float = 30.0, log_level: str = "warning") -> int:
-    """Measure, bind, serve until SIGINT / SIGTERM, then answer every accepted request
-    (uvicorn stops accepting, lets open requests finish within ``grace_s``, then the
-    lifespan drains the queue) and return 0."""
+    """Measure, bind and serve until SIGINT / SIGTERM. Then uvicorn stops accepting, the
+    worker stops waiting for batches to fill, and every accepted request is answered within
+    ``grace_s`` (past it, uvicorn cancels what is left)."""
     import uvicorn
 
     sock = bind(host, port)  # before the slow measurement: a taken port fails at once
-    service = build_service(model, config, sample=sample, name=name)
-    server = uvicorn.Server(uvicorn.Config(create_app(service, on_stop=_goodbye), log_level=log_level, timeout_graceful_shutdown=grace_s,
-                                           lifespan="on"))
+    try:
+        service = build_service(model, config, sample=sample, name=name)
+    except BaseException:
+        sock.close()
+        raise
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # shutdown begins: stop waiting for batches to fill
+            service.engine.flush()
+            super().handle_exit(sig, frame)
+
+    # open connections are bounded too (each may hold a body being read): past the bound,
+    # uvicorn answers 503 before reading anything
+    limit = 2 * config.max_queue + config.max_batch
+    server = Server(uvicorn.Config(create_app(service, on_stop=_goodbye), log_level=log_level,
+                                   timeout_graceful_shutdown=grace_s, lifespan="on", limit_concurrency=limit))
     sock.listen(2048)  # connections made from now on wait in the backlog until uvicorn takes them
     port = sock.getsockname()[1]
     pts = ", ".join(p["name"] for p in service.info["operating_points"])
