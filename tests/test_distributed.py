@@ -19,8 +19,10 @@ def _run(args, distributed: bool):
     p = subprocess.run([*prefix, "anycost.cli", *args], capture_output=True, text=True, timeout=300)
     if distributed and p.returncode != 0 and "terminate called without an active exception" in p.stderr:
         # a rare abort of one Gloo worker at process exit (seen about once in 25 launches on
-        # torch 2.14, CPU), after the run's files are written; one retry, then it counts
-        p = subprocess.run([*prefix, "anycost.cli", *args], capture_output=True, text=True, timeout=300)
+        # torch 2.14, CPU), after the run's files are written; one retry (over a finished run,
+        # which train refuses to replace unless told to), then it counts
+        retry = [*args, "--overwrite"] if args[0] == "train" and not {"--overwrite", "--resume"} & set(args) else args
+        p = subprocess.run([*prefix, "anycost.cli", *retry], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     return p
 
