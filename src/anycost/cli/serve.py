@@ -17,7 +17,7 @@ def add(sub) -> None:
                     "batched (--max-batch, --max-wait-ms). With --slo-ms, each batch runs at the most accurate "
                     "point predicted to answer everything queued within the target, from a latency table measured "
                     "at start-up and kept current. Past --max-queue images the server answers 503 with "
-                    "Retry-After. Ctrl-C / SIGTERM answers every accepted request before exit.")
+                    "Retry-After. Ctrl-C / SIGTERM answers every accepted request (within --grace-s) before exit.")
     s.add_argument("model", help="zoo name, checkpoint .pt / .safetensors or run folder")
     add_zoo_dir(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
