@@ -37,6 +37,7 @@ __all__ = [
     "download_cifar",
     "make_split",
     "load_dataset",
+    "load_split",
     "BatchLoader",
     "augment_batch",
     "apply_cutout",
@@ -361,6 +362,17 @@ def load_dataset(dataset: str = "digits", data_dir: str | None = None, val_size:
             "val_size": val_size, "test_size": len(test) if test is not None else 0,
             **split_fingerprint(va_idx)}
     return SplitData(train, val, test, mean, std, info)
+
+
+def load_split(dataset: str, data_dir: str | None, split: str, val_size: int | None = None,
+               split_seed: int = 0) -> ImageDataset:
+    """The images of one split, carved as a model's training carved them (``val_size``,
+    ``split_seed``). CIFAR's 'test' reads only the test files (test_batch + batches.meta)."""
+    if dataset in _CIFAR and split == "test":
+        if not data_dir:
+            raise DataError(f"{dataset} needs --data-dir")
+        return load_cifar(data_dir, dataset, "test")
+    return load_dataset(dataset, data_dir, val_size, split_seed).get(split)
 
 
 def split_fingerprint(val_idx: torch.Tensor, inline: int = 1000) -> dict:

@@ -19,14 +19,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["ImageError", "predict", "image_files", "read_image", "choose_op", "model_normalisation"]
+__all__ = ["ImageError", "predict", "image_files", "decode_image", "read_image", "prediction_rows", "choose_op",
+           "model_normalisation"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FORMATS = ("PNG", "JPEG")
 
 
 class ImageError(ValueError):
-    """An input that is not a usable image: unreadable, another format, or the wrong size."""
+    """An input that is not a usable image. ``reason`` says which way: 'unreadable', 'format'
+    (not PNG / JPEG) or 'size' (the server answers them with 400, 415 and 422)."""
+
+    def __init__(self, message: str, reason: str = "unreadable"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -49,32 +55,54 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def read_image(path: str | os.PathLike, input_size: tuple[int, int, int], resize: bool = False) -> torch.Tensor:
-    """One image as a (C, H, W) float tensor in 0..1 pixel units (the training data's scale):
-    converted to RGB or greyscale to match C, and of size H x W, resized only if ``resize``."""
+def decode_image(source, input_size: tuple[int, int, int], resize: bool = False, *, name: str | None = None,
+                 formats_note: str = "predict reads PNG and JPEG",
+                 size_note: str = "resize it, or pass --resize (resize=True)") -> np.ndarray:
+    """One PNG / JPEG (a path or a binary file object) as uint8 (H, W, C): converted to RGB
+    or greyscale to match C, and of size H x W, resized only if ``resize``. The format and
+    size are checked before any pixel is decoded; ``name`` (default: the path) starts every
+    error message, and the notes end the format and size ones."""
     from PIL import Image, UnidentifiedImageError
 
     c, h, w = input_size
     if c not in (1, 3):
         raise ImageError(f"the model takes {c}-channel inputs; predict reads greyscale (1) or RGB (3) images")
+    name = name or str(source)
     try:
-        with Image.open(path) as im:
-            fmt = im.format
-            if fmt in FORMATS:
-                im.load()
-                im = im.convert("RGB" if c == 3 else "L")
+        with Image.open(source) as im:
+            if im.format not in FORMATS:
+                raise ImageError(f"{name}: a {im.format} image; {formats_note}", "format")
+            if im.size != (w, h) and not resize:
+                raise ImageError(f"{name}: {im.size[0]}x{im.size[1]} pixels, but the model takes {w}x{h} images"
+                                 + (f"; {size_note}" if size_note else ""), "size")
+            im = im.convert("RGB" if c == 3 else "L")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except ImageError:
+        raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError) as e:
         # PIL reports a broken file as any of these, depending on where the bytes stop making sense
-        raise ImageError(f"{path}: not a readable PNG or JPEG image ({type(e).__name__})") from None
-    if fmt not in FORMATS:
-        raise ImageError(f"{path}: a {fmt} image; predict reads PNG and JPEG")
-    if im.size != (w, h):
-        if not resize:
-            raise ImageError(f"{path}: {im.size[0]}x{im.size[1]} pixels, but the model takes {w}x{h} images; "
-                             f"resize it, or pass --resize (resize=True)")
-        im = im.resize((w, h), Image.BILINEAR)
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(a.reshape(h, w, c).transpose(2, 0, 1).copy())
+        raise ImageError(f"{name}: not a readable PNG or JPEG image ({type(e).__name__})") from None
+    return a.reshape(h, w, c)
+
+
+def read_image(path: str | os.PathLike, input_size: tuple[int, int, int], resize: bool = False) -> torch.Tensor:
+    """One image file as a (C, H, W) float tensor in 0..1 pixel units (the training data's
+    scale); see :func:`decode_image`."""
+    a = decode_image(path, input_size, resize).astype(np.float32) / 255.0
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())
+
+
+def prediction_rows(logits: torch.Tensor, macs: torch.Tensor, point: str, classes: list[str]) -> list[dict]:
+    """One dict per row: ``class`` (its name, or the index as a string), ``class_index``,
+    ``probability`` (softmax, 0..1), ``operating_point`` and ``macs`` (what that input cost)."""
+    p, k = logits.float().softmax(1).max(1)
+    rows = []
+    for idx, prob, cost in zip(k.tolist(), p.tolist(), macs.double().tolist()):
+        rows.append({"class": str(classes[idx]) if idx < len(classes) else str(idx), "class_index": idx,
+                     "probability": prob, "operating_point": point, "macs": cost})
+    return rows
 
 
 def choose_op(model: nn.Module, op: str | None = None, budget: float | None = None):
@@ -132,11 +160,6 @@ def predict(model: nn.Module | str, images: Iterable[str | os.PathLike], *, op: 
     for i in range(0, len(files), batch_size):
         xb = ((x[i:i + batch_size] - mean) / std).to(device)
         res = model.infer(xb, point)
-        prob = res.logits.float().softmax(1)
-        p, k = prob.max(1)
-        for j, f in enumerate(files[i:i + batch_size]):
-            idx = int(k[j])
-            out.append({"image": str(f), "class": str(classes[idx]) if idx < len(classes) else str(idx),
-                        "class_index": idx, "probability": float(p[j]), "operating_point": point.name,
-                        "macs": float(res.macs[j])})
+        for f, row in zip(files[i:i + batch_size], prediction_rows(res.logits, res.macs, point.name, classes)):
+            out.append({"image": str(f), **row})
     return out

@@ -68,16 +68,12 @@ def load_data(cfg: dict, dataset: str | None, data_dir: str | None):
 
 
 def eval_split(cfg: dict, dataset: str | None, data_dir: str | None, split: str):
-    """The images of one split. 'test' reads only the test files (test_batch + batches.meta)."""
-    from anycost.data import load_cifar
+    """The images of one split of the model's dataset, carved as in its training."""
+    from anycost.data import load_split
 
     dataset = dataset or cfg.get("dataset") or "digits"
-    if dataset in ("cifar10", "cifar100") and split == "test":
-        if not data_dir:
-            raise UserError(f"{dataset} needs --data-dir")
-        return load_cifar(data_dir, dataset, "test"), dataset
-    data, dataset = load_data(cfg, dataset, data_dir)
-    return data.get(split), dataset
+    sp = cfg.get("split") or {}
+    return load_split(dataset, data_dir, split, sp.get("val_size"), sp.get("split_seed") or 0), dataset
 
 
 def check_input_size(ds, cfg: dict, split: str) -> None:

@@ -14,7 +14,7 @@ import email.parser
 import email.policy
 import io
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from anycost.serve.engine import Engine, Overloaded, measure_latency, serving_po
 __all__ = ["ServeConfig", "Service", "HTTPError", "build_service", "create_app", "decode_images"]
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}
+IMAGE_ERROR_STATUS = {"unreadable": 400, "format": 415, "size": 422}
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 INLINE_DECODE_BYTES = 64 << 10  # smaller bodies decode on the event loop: a thread hop costs more
 
@@ -81,22 +82,12 @@ class HTTPError(Exception):
 
 def _decode_one(data: bytes, input_size: tuple[int, int, int], what: str) -> np.ndarray:
     """One PNG / JPEG as uint8 (H, W, C), its size checked before any pixel is decoded."""
-    from PIL import Image, UnidentifiedImageError
+    from anycost.predict import ImageError, decode_image
 
-    c, h, w = input_size
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format not in IMAGE_TYPES.values():
-                raise HTTPError(415, f"{what}: a {im.format} image; send PNG or JPEG")
-            if im.size != (w, h):
-                raise HTTPError(422, f"{what}: {im.size[0]}x{im.size[1]} pixels, the model takes {w}x{h}")
-            im = im.convert("RGB" if c == 3 else "L")
-            a = np.asarray(im, dtype=np.uint8)
-    except HTTPError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError):
-        raise HTTPError(400, f"{what}: not a readable PNG or JPEG image") from None
-    return a.reshape(h, w, c)
+        return decode_image(io.BytesIO(data), input_size, name=what, formats_note="send PNG or JPEG", size_note="")
+    except ImageError as e:
+        raise HTTPError(IMAGE_ERROR_STATUS[e.reason], str(e)) from None
 
 
 def _decode_npy(data: bytes, input_size: tuple[int, int, int]) -> np.ndarray:
@@ -335,8 +326,3 @@ def create_app(service: Service, on_stop=None):
 
     app.state.service = service
     return app
-
-
-def config_dict(config: ServeConfig) -> dict:
-    return asdict(config)
-

@@ -153,10 +153,6 @@ class Controller:
         self.images = 0  # served so far, for the budget's running mean
         self.macs = 0.0
 
-    @property
-    def best(self) -> OperatingPoint:
-        return self.pinned or self.points[0]
-
     def finish_time(self, p: OperatingPoint, n: int, waited_s: float, queued: int) -> float:
         """Predicted time until the last request now waiting is answered, all at point ``p``."""
         rest = math.ceil(queued / self.max_batch) * self.table.predict(p.name, min(queued, self.max_batch)) \

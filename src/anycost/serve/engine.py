@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from anycost.core import DynamicModel, OperatingPoint, pareto_subset
+from anycost.predict import prediction_rows
 from anycost.serve.controller import Controller, LatencyTable
 from anycost.serve.metrics import Metrics
 
@@ -250,26 +251,20 @@ class Engine:
         x = self.normalise(torch.cat([r.x for r in batch]).to(self.device))
         t0 = time.perf_counter()
         out = self.model.infer(x, op)
-        prob = out.logits.float().softmax(1)
-        p, k = prob.max(1)
+        rows = prediction_rows(out.logits, out.macs, op.name, self.classes)
         seconds = time.perf_counter() - t0
-        macs = out.macs.double()
+        macs = float(out.macs.double().sum())
         done = self.clock()
-        self.controller.served(op, n, seconds, float(macs.sum()), latency_s=done - oldest)
+        self.controller.served(op, n, seconds, macs, latency_s=done - oldest)
         self.metrics.observe("batch_seconds", seconds, operating_point=op.name)
         self.metrics.observe("batch_size", n)
         self.metrics.inc("images_total", n, operating_point=op.name)
-        self.metrics.inc("macs_total", float(macs.sum()))
+        self.metrics.inc("macs_total", macs)
         i = 0
         for r in batch:
-            rows = []
-            for _ in range(r.x.shape[0]):
-                idx = int(k[i])
-                rows.append({"class": self.classes[idx] if idx < len(self.classes) else str(idx),
-                             "class_index": idx, "probability": float(p[i]), "operating_point": op.name,
-                             "macs": float(macs[i])})
-                i += 1
+            k = r.x.shape[0]
             self.metrics.observe("queue_wait_seconds", start - r.arrived)
             self.metrics.observe("request_latency_seconds", done - r.arrived)
-            r.future.set_result({"predictions": rows, "operating_point": op.name, "batch_size": n,
+            r.future.set_result({"predictions": rows[i:i + k], "operating_point": op.name, "batch_size": n,
                                  "queue_ms": 1000 * (start - r.arrived), "service_ms": 1000 * (done - start)})
+            i += k

@@ -248,19 +248,14 @@ def _health(url: str, timeout: float) -> dict:
 
 def _split_images(info: dict, data_dir, split: str):
     """The labelled images of ``split`` of the server model's dataset, re-carved as in training."""
-    from anycost.data import DataError, load_cifar, load_dataset
+    from anycost.data import load_split
 
     dataset = info.get("dataset")
     if not dataset:
         raise ValueError("the server does not name its model's dataset (/health 'dataset' is null), so there are "
                          "no labelled images to send")
-    if dataset in ("cifar10", "cifar100") and split == "test":
-        if not data_dir:
-            raise DataError(f"{dataset} needs --data-dir")
-        ds = load_cifar(data_dir, dataset, "test")
-    else:
-        sp = info.get("split") or {}
-        ds = load_dataset(dataset, data_dir, sp.get("val_size"), sp.get("split_seed") or 0).get(split)
+    sp = info.get("split") or {}
+    ds = load_split(dataset, data_dir, split, sp.get("val_size"), sp.get("split_seed") or 0)
     want = tuple(info["input_size"])
     if tuple(ds.images.shape[1:]) != want:
         raise ValueError(f"{dataset} {split} images are {tuple(ds.images.shape[1:])} but the server's model takes {want}")

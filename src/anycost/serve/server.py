@@ -17,14 +17,13 @@ __all__ = ["latency_sample", "serve_forever", "bind"]
 def latency_sample(cfg: dict, data_dir: str | None, n: int) -> torch.Tensor | None:
     """Up to ``n`` calibration images (uint8 (n, C, H, W)) of the model's own dataset and
     split, or None where they cannot be read here (CIFAR without ``data_dir``)."""
-    from anycost.data import load_dataset
+    from anycost.data import load_split
 
     dataset = cfg.get("dataset")
     if not dataset or (dataset != "digits" and not data_dir):
         return None
     sp = cfg.get("split") or {}
-    ds = load_dataset(dataset, data_dir, sp.get("val_size"), sp.get("split_seed") or 0).get("calib")
-    return ds.images[:n]
+    return load_split(dataset, data_dir, "calib", sp.get("val_size"), sp.get("split_seed") or 0).images[:n]
 
 
 def bind(host: str, port: int) -> socket.socket:
