@@ -15,7 +15,7 @@ LAYERS = [
     {"data", "policies"},
     {"models", "deploy"},
     {"zoo"},
-    {"eval", "train", "bench", "distributed", "segmentation", "predict"},
+    {"eval", "train", "bench", "distributed", "segmentation", "predict", "traincost"},
     {"plot", "report"},
     {"demo", "reproduce", "serve"},
     {"cli"},

@@ -77,10 +77,19 @@ def _save(plt, fig, out) -> Path:
 
 
 def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str | None = None,
-                y_span: float = 25.0) -> Path:
+                y_span: float = 25.0, compute: dict | None = None) -> Path:
     """Each curve's Pareto frontier as a line (its other points as faint dots); static
-    networks as markers joined per family. The y axis shows the top ``y_span`` points of
-    accuracy; lower points are listed in the corner, not squashed into the plot."""
+    networks as markers joined per family, with their 95 % Wilson intervals as bars. The y
+    axis shows the top ``y_span`` points of accuracy; lower points are listed in the corner,
+    not squashed into the plot. ``compute`` ({method: TrainingCompute}) adds each model's
+    training compute to its label, so the plot shows which networks had the training budget
+    of which."""
+    from anycost.curves import wilson_interval
+
+    def label(c: TradeoffCurve, sep: str = " ") -> str:
+        tc = (compute or {}).get(c.method)
+        return c.method if tc is None else f"{c.method}{sep}({tc.macs / 1e15:.2f} PMACs train)"
+
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(10, 5.5))
     colors = plt.get_cmap("tab20").colors
@@ -90,11 +99,16 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
             static.setdefault(c.family or "static", []).append(c)
     markers = iter("osD^vP*X")
     for fam, cs in static.items():
-        pts = sorted(((c.points[0].macs_mean, c.points[0].accuracy, c.method) for c in cs))
+        pts = sorted(((c.points[0].macs_mean, c.points[0].accuracy, label(c, "\n"), c.points[0].n) for c in cs))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=":", marker=next(markers, "o"), color="0.2",
                 label=fam, markersize=7, zorder=5)
-        for x, y, name in pts:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.3")
+        bars = [(x, y, wilson_interval(y, n)) for x, y, _, n in pts if n]
+        if bars:
+            ax.errorbar([b[0] for b in bars], [b[1] for b in bars], fmt="none", ecolor="0.5", elinewidth=0.8,
+                        capsize=2, yerr=[[b[1] - b[2][0] for b in bars], [b[2][1] - b[1] for b in bars]], zorder=4)
+        for x, y, name, _ in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6, color="0.3",
+                        va="top")
     dynamic = [c for c in curves if not c.static]
     top = max((p.accuracy for c in curves for p in c.points), default=100.0)
     floor = top - y_span
@@ -103,9 +117,9 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
         col = colors[(2 * i) % 20 if len(dynamic) <= 10 else i % 20]
         fr = sorted(zip(c.frontier().macs, c.frontier().accuracies))
         if len(c.points) == 1:  # a single dynamic point (e.g. the oracle) as a star
-            ax.plot(fr[0][0], fr[0][1], marker="*", markersize=13, linestyle="none", color=col, label=c.method, zorder=6)
+            ax.plot(fr[0][0], fr[0][1], marker="*", markersize=13, linestyle="none", color=col, label=label(c), zorder=6)
         else:
-            ax.plot([p[0] for p in fr], [p[1] for p in fr], marker=".", linewidth=1.6, color=col, label=c.method)
+            ax.plot([p[0] for p in fr], [p[1] for p in fr], marker=".", linewidth=1.6, color=col, label=label(c))
             ax.scatter(c.macs, c.accuracies, s=6, color=col, alpha=0.35)
         hidden += sum(a < floor for a in c.accuracies)
     ax.set_xscale("log")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from anycost.eval import TradeoffCurve
 from anycost.records import write_text_atomic
+from anycost.traincost import PMAC
 
 
 def matches(method: str, pattern: str) -> bool:
@@ -17,16 +18,43 @@ def matches(method: str, pattern: str) -> bool:
     return any(fnmatchcase(method, g) for g in pattern.split("|"))
 
 
+def _ci(accuracy: float, n: int) -> str:
+    """``88.44 [87.1, 89.6]``: top-1 with its 95 % Wilson interval (just the value when ``n``
+    is unknown, as in records older than per-point counts)."""
+    from anycost.curves import wilson_interval
+
+    if not n:
+        return f"{accuracy:.2f}"
+    lo, hi = wilson_interval(accuracy, n)
+    return f"{accuracy:.2f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _verdict(acc: float, n: int, other: float, n_other: int) -> str:
+    """" (tie)" when the two 95 % intervals overlap, else " (above)" or " (below)"; nothing
+    when either image count is unknown."""
+    from anycost.curves import wilson_interval
+
+    if not (n and n_other):
+        return ""
+    lo, hi = wilson_interval(acc, n)
+    flo, fhi = wilson_interval(other, n_other)
+    return " (tie)" if lo <= fhi and flo <= hi else (" (above)" if acc > other else " (below)")
+
+
+def _front_n(front: TradeoffCurve) -> int:
+    return max((q.n for q in front.points), default=0)
+
+
 def curves_table(curves: list[TradeoffCurve], frontier_only: bool = False) -> str:
     """One row per operating point (``frontier_only``: only each curve's Pareto points)."""
-    lines = ["| method | operating point | top-1 (%) | top-5 (%) | mean MACs (M) | p95 MACs (M) | chosen on | measured on |",
+    lines = ["| method | operating point | top-1 (%) [95 % CI] | top-5 (%) | mean MACs (M) | p95 MACs (M) | chosen on | measured on |",
              "|---|---|---:|---:|---:|---:|---|---|"]
     for c in curves:
         pts = c.frontier().points if frontier_only else c.points
         for p in sorted(pts, key=lambda p: p.macs_mean):
             t5 = f"{p.top5:.2f}" if p.top5 is not None else ""
             p95 = f"{p.macs_p95 / 1e6:.3f}" if p.macs_p95 is not None else ""
-            lines.append(f"| {c.method} | {p.operating_point.name} | {p.accuracy:.2f} | {t5} | {p.macs_mean / 1e6:.3f} | {p95} "
+            lines.append(f"| {c.method} | {p.operating_point.name} | {_ci(p.accuracy, p.n)} | {t5} | {p.macs_mean / 1e6:.3f} | {p95} "
                          f"| {c.calibrated_on or '-'} | {c.measured_on or '?'} |")
     return "\n".join(lines)
 
@@ -40,9 +68,10 @@ def summary_table(curves: list[TradeoffCurve], reference: str | None = None, los
     have nothing to pick and are left out."""
     ref_curve = None if reference is None else _named(curves, reference)
     who = f"`{reference}`" if reference else "its own full cost"
-    head = " | ".join(f"<= {d:g} pt: top-1 (%) | MACs (M) | reduction" for d in losses)
-    lines = [f"Cheapest point within each accuracy loss of {who} (measured on each curve's measurement split)", "",
-             f"| method | reference top-1 (%) | reference MACs (M) | {head} |",
+    head = " | ".join(f"<= {d:g} pt: top-1 (%) [95 % CI] | MACs (M) | reduction" for d in losses)
+    lines = [f"Cheapest point within each accuracy loss of {who} (measured on each curve's measurement split; "
+             "95 % Wilson intervals)", "",
+             f"| method | reference top-1 (%) [95 % CI] | reference MACs (M) | {head} |",
              "|---|---:|---:|" + "---:|---:|---:|" * len(losses)]
     for c in curves:
         if c is ref_curve or len(c.points) < 2:
@@ -53,10 +82,10 @@ def summary_table(curves: list[TradeoffCurve], reference: str | None = None, los
             ok = [p for p in c.points if p.accuracy >= ref.accuracy - d - 1e-9]
             if ok:
                 b = min(ok, key=lambda p: p.macs_mean)
-                cells.append(f"{b.accuracy:.2f} | {b.macs_mean / 1e6:.2f} | {ref.macs_mean / b.macs_mean:.2f}x")
+                cells.append(f"{_ci(b.accuracy, b.n)} | {b.macs_mean / 1e6:.2f} | {ref.macs_mean / b.macs_mean:.2f}x")
             else:
                 cells.append("none | - | -")
-        lines.append(f"| {c.method} | {ref.accuracy:.2f} | {ref.macs_mean / 1e6:.2f} | {' | '.join(cells)} |")
+        lines.append(f"| {c.method} | {_ci(ref.accuracy, ref.n)} | {ref.macs_mean / 1e6:.2f} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -87,61 +116,102 @@ def gap_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str])
     matches the glob ``subject``, the accuracy of each group's frontier at the same mean MACs
     (all curves matching the group's glob merged into one frontier, interpolated linearly
     in MACs) and the gap in points. A group whose cheapest point costs more than the
-    subject's point has no accuracy there ("below its range"): it is not reached, not beaten."""
+    subject's point has no accuracy there ("below its range"): it is not reached, not beaten.
+    Each gap says "tie" when the two 95 % intervals overlap."""
     subj, fronts = _subjects_and_frontiers(curves, subject, groups)
     head = " | ".join(f"{lab} at equal MACs (%) | gap (pt)" for lab in fronts)
-    lines = [f"| method | operating point | top-1 (%) | mean MACs (M) | {head} |",
+    lines = [f"| method | operating point | top-1 (%) [95 % CI] | mean MACs (M) | {head} |",
              "|---|---|---:|---:|" + "---:|---:|" * len(fronts)]
     for c in subj:
         for p in sorted(c.points, key=lambda p: p.macs_mean):
             cells = []
             for f in fronts.values():
                 a = f.accuracy_at(p.macs_mean)
-                cells.append("below its range | -" if a is None else f"{a:.2f} | {p.accuracy - a:+.2f}")
-            lines.append(f"| {c.method} | {p.operating_point.name} | {p.accuracy:.2f} | {p.macs_mean / 1e6:.2f} | "
+                cells.append("below its range | -" if a is None else
+                             f"{a:.2f} | {p.accuracy - a:+.2f}{_verdict(p.accuracy, p.n, a, _front_n(f))}")
+            lines.append(f"| {c.method} | {p.operating_point.name} | {_ci(p.accuracy, p.n)} | {p.macs_mean / 1e6:.2f} | "
                          f"{' | '.join(cells)} |")
     return "\n".join(lines)
 
 
 def headline_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str], reference: str,
-                   max_loss: float = 0.5) -> str:
+                   max_loss: float = 0.5, compute: dict | None = None, equal_compute: str | None = None) -> str:
     """One row per curve matching the glob ``subject``: its cheapest point within
     ``max_loss`` points of the ``reference`` curve's most accurate point (else its most
     accurate point, marked "best"), with a 95 % Wilson interval, and each group's frontier
     at the same mean MACs. "tie" when the two intervals overlap: on 2,500 images a
-    difference under about a point is not evidence."""
-    from anycost.curves import wilson_interval
+    difference under about a point is not evidence.
 
+    ``compute`` ({method: :class:`~anycost.traincost.TrainingCompute`}) adds each row's
+    training compute; with ``equal_compute`` (a glob of static curves) also the frontier of
+    only those static networks that had at least the row's training compute and the same
+    teachers, and which networks those are: the comparison that no training budget favours."""
     ref_best = max(_named(curves, reference).points, key=lambda p: p.accuracy)
     subj, fronts = _subjects_and_frontiers(curves, subject, groups)
+    if equal_compute is not None and compute is None:
+        raise ValueError("an equal-compute comparison needs the training compute of every curve (train records)")
+    pool = [c for c in curves if equal_compute and matches(c.method, equal_compute) and c not in subj]
+    if equal_compute and not pool:
+        raise ValueError(f"equal-compute: no curve other than the subject's matches '{equal_compute}'")
 
-    def ci(p) -> str:
-        lo, hi = wilson_interval(p.accuracy, p.n)
-        return f"{p.accuracy:.2f} [{lo:.1f}, {hi:.1f}]"
+    def gap(p, f: TradeoffCurve) -> str:
+        a = f.accuracy_at(p.macs_mean)
+        if a is None:
+            return "below its range | -"
+        return f"{a:.2f} | {p.accuracy - a:+.2f}{_verdict(p.accuracy, p.n, a, _front_n(f))}"
 
     head = " | ".join(f"{lab} at equal MACs (%) | gap (pt)" for lab in fronts)
+    cols = ["method", "operating point", "top-1 (%) [95 % CI]", "mean MACs (M)", f"vs `{reference}`", "measured on"]
+    align = ["---", "---", "---", "---:", "---:", "---"]
+    if compute is not None:
+        cols.append("training (PMACs)")
+        align.append("---:")
+    if equal_compute:
+        cols += ["static networks of >= training compute, same teacher",
+                 "their frontier at equal MACs (%)", "gap (pt)"]
+        align += ["---", "---:", "---:"]
     lines = [f"Each curve's cheapest point within {max_loss:g} pt of `{reference}` ({ref_best.accuracy:.2f} %, "
-             f"{ref_best.macs_mean / 1e6:.1f} M MACs); top-1 with its 95 % interval; \"tie\" where the intervals overlap.", "",
-             f"| method | operating point | top-1 (%) [95 % CI] | mean MACs (M) | vs `{reference}` | measured on | {head} |",
-             "|---|---|---|---:|---:|---|" + "---:|---:|" * len(fronts)]
+             f"{ref_best.macs_mean / 1e6:.1f} M MACs); top-1 with its 95 % interval; \"tie\" where the intervals overlap."
+             + (" Training compute in peta-MACs (1e15), every stage that made the model, teacher passes included."
+                if compute is not None else ""), "",
+             f"| {' | '.join(cols)} | {head} |", f"|{'|'.join(align)}|" + "---:|---:|" * len(fronts)]
     for c in subj:
         ok = [p for p in c.points if p.accuracy >= ref_best.accuracy - max_loss - 1e-9]
         p = min(ok, key=lambda p: p.macs_mean) if ok else max(c.points, key=lambda p: p.accuracy)
         name = p.operating_point.name + ("" if ok else " (best)")
-        cells = []
-        for f in fronts.values():
-            a = f.accuracy_at(p.macs_mean)
-            if a is None:
-                cells.append("below its range | -")
-                continue
-            n_f = max((q.n for q in f.points), default=0)
-            lo, hi = wilson_interval(p.accuracy, p.n)
-            flo, fhi = wilson_interval(a, n_f)
-            verdict = "tie" if lo <= fhi and flo <= hi else ("above" if p.accuracy > a else "below")
-            cells.append(f"{a:.2f} | {p.accuracy - a:+.2f} ({verdict})")
-        lines.append(f"| {c.method} | {name} | {ci(p)} | {p.macs_mean / 1e6:.1f} | "
-                     f"{ref_best.macs_mean / p.macs_mean:.2f}x fewer | {c.measured_on or '?'} | {' | '.join(cells)} |")
+        cells = [c.method, name, _ci(p.accuracy, p.n), f"{p.macs_mean / 1e6:.1f}",
+                 f"{ref_best.macs_mean / p.macs_mean:.2f}x fewer", c.measured_on or "?"]
+        if compute is not None:
+            tc = compute.get(c.method)
+            cells.append(tc.describe() if tc is not None else "no record")
+        if equal_compute:
+            tc = compute.get(c.method)
+            peers = [] if tc is None else [s for s in pool if s.method in compute and compute[s.method].complete
+                                           and compute[s.method].macs >= tc.macs
+                                           and compute[s.method].teachers == tc.teachers]
+            if tc is None:
+                cells += ["no record of its training", "-", "-"]
+            elif not peers:
+                cells += ["none yet", "-", "-"]
+            else:
+                names = ", ".join(f"{s.method} ({compute[s.method].macs / PMAC:.2f})" for s in peers)
+                cells += [names, *gap(p, TradeoffCurve.merge("equal compute", peers)).split(" | ")]
+        lines.append(f"| {' | '.join(cells)} | {' | '.join(gap(p, f) for f in fronts.values())} |")
     return "\n".join(lines)
+
+
+def training_compute_of(curves: list[TradeoffCurve], records) -> dict:
+    """{method: TrainingCompute} for every curve whose training the
+    :class:`~anycost.traincost.RecordSet` ``records`` can trace (others are left out)."""
+    from anycost.traincost import training_compute
+
+    out = {}
+    for c in curves:
+        try:
+            out[c.method] = training_compute(c.method, records)
+        except KeyError:
+            pass
+    return out
 
 
 def bench_table(method: str, b: dict) -> str:
@@ -174,9 +244,14 @@ def bench_table(method: str, b: dict) -> str:
 
 
 def train_table(records: list[dict]) -> str:
-    """Training runs: final validation accuracy, time and throughput, from train records."""
-    lines = ["| model | teacher | epochs | val top-1 (%) | val top-5 (%) | train time (min) | s / epoch (median) | img/s (median) | hardware |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    """Training runs: final validation accuracy, time, throughput and training compute (this
+    run only, in peta-MACs; "est." where the record predates the count and it is rebuilt
+    from the config), from train records."""
+    from anycost.traincost import stage_macs
+
+    lines = ["| model | teacher | epochs | val top-1 (%) | val top-5 (%) | train time (min) | s / epoch (median) | "
+             "img/s (median) | training (PMACs) | hardware |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in records:
         h = r["results"]["history"]
         fin = r["results"]["final"] or {}
@@ -185,9 +260,14 @@ def train_table(records: list[dict]) -> str:
         hw = r["hardware"]
         # a GPU run (hardware_info writes "gpu" only for CUDA devices) is timed on its GPU
         where = hw.get("gpu") or f"{hw['cpu']}, {hw['torch_threads']} thread{'s' if hw['torch_threads'] != 1 else ''}"
+        try:
+            macs, est = stage_macs(r)
+            spent = f"{macs / PMAC:.3f}{' est.' if est else ''}"
+        except (KeyError, ValueError):  # an older record of a model this version no longer builds
+            spent = "-"
         lines.append(f"| {r['config']['model']} | {r['config'].get('teacher') or '-'} | {len(h)} | {fin.get('val_acc', float('nan')):.2f} | "
                      f"{fin.get('val_top5', float('nan')):.2f} | {r['results']['train_seconds'] / 60:.1f} | "
-                     f"{secs[len(secs) // 2]:.0f} | {ips[len(ips) // 2]:.0f} | {where} |")
+                     f"{secs[len(secs) // 2]:.0f} | {ips[len(ips) // 2]:.0f} | {spent} | {where} |")
     return "\n".join(lines)
 
 

@@ -136,3 +136,15 @@ def check_output_file(path: str | Path, flag: str) -> Path:
 
 def add_zoo_dir(p, what: str = "where zoo names are looked up first (then $ANYCOST_ZOO, the user zoo in $ANYCOST_HOME, the shipped zoo, the download cache)") -> None:
     p.add_argument("--zoo-dir", help=f"zoo folder: {what}")
+
+
+def record_set(paths: list[str], flag: str = "--train-records"):
+    """The :class:`~anycost.traincost.RecordSet` of train records in these files and folders;
+    a missing path or a file that is not a train record is a user error."""
+    from anycost.records import RecordError
+    from anycost.traincost import RecordSet
+
+    try:
+        return RecordSet.from_paths(paths)
+    except (OSError, ValueError, RecordError) as e:
+        raise UserError(f"{flag}: {e}") from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import EPILOG, UserError, check_output_file, label_globs
+from ._common import EPILOG, UserError, check_output_file, label_globs, record_set
 
 HELP = "plot accuracy vs MACs from records (never runs a model)"
 
@@ -19,6 +19,9 @@ def add(sub) -> None:
                          "e.g. 'distilled=*_kd' (repeatable)")
     pl.add_argument("--exclude", action="append", metavar="PATTERN",
                     help="leave out curves whose name matches this shell pattern, e.g. '*entropy*' (repeatable)")
+    pl.add_argument("--train-records", nargs="+", metavar="PATH", default=[],
+                    help="train records (files, or folders of them): label each model with its training compute, "
+                         "summed over every stage that made it (see `anycost report --headline --equal-compute`)")
     pl.set_defaults(func=run)
 
 
@@ -32,6 +35,11 @@ def run(a) -> int:
         curves = group_static(curves, groups)
     except ValueError as e:
         raise UserError(str(e)) from None
-    out = plot_curves(curves, a.output, a.title)
+    compute = None
+    if a.train_records:
+        from anycost.report import training_compute_of
+
+        compute = training_compute_of(curves, record_set(a.train_records))
+    out = plot_curves(curves, a.output, a.title, compute=compute)
     print(f"wrote {out}")
     return 0

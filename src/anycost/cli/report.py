@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import shlex
 
-from ._common import EPILOG, UserError, label_globs
+from ._common import EPILOG, UserError, label_globs, record_set
 
 HELP = "Markdown tables from records"
 
@@ -30,6 +30,13 @@ def add(sub) -> None:
                    "with 95 %% intervals and a tie/above/below verdict against each --gap-to frontier")
     r.add_argument("--gap-to", metavar="LABEL=METHOD_GLOB", action="append", default=[],
                    help="with --gap, repeatable: a group of curves merged into one frontier, e.g. 'L-Net=lnet_*'")
+    r.add_argument("--train-records", nargs="+", metavar="PATH", default=[],
+                   help="train records (files, or folders of them) that trace each curve's training: with --headline, "
+                        "adds each row's training compute, summed over every stage (init_from chain), teacher passes "
+                        "included")
+    r.add_argument("--equal-compute", metavar="METHOD_GLOB", help="with --headline and --train-records: compare each "
+                   "row with the frontier of only those static curves matching this glob that had at least its "
+                   "training compute and the same teacher (e.g. 'resnet*')")
     r.add_argument("--into", metavar="FILE", help="write the tables, and this command, between the "
                    "'<!-- anycost:SECTION:begin -->' and ':end -->' markers of a Markdown file (e.g. README.md)")
     r.add_argument("--section", default="results", help="marker name for --into (default: results)")
@@ -40,7 +47,7 @@ def run(a) -> int:
     from anycost.plot import curves_from_record
     from anycost.records import RecordError, read_record
     from anycost.report import (bench_table, curves_table, gap_table, headline_table, loadtest_table, summary_table,
-                                train_table)
+                                train_table, training_compute_of)
 
     bad = [x for x in a.max_loss if not (math.isfinite(x) and x >= 0)]
     if bad:
@@ -51,6 +58,10 @@ def run(a) -> int:
         raise UserError("--headline needs --gap METHOD_GLOB, --gap-to LABEL=METHOD_GLOB and --reference METHOD")
     if bool(a.gap) != bool(a.gap_to):
         raise UserError("--gap METHOD_GLOB needs at least one --gap-to LABEL=METHOD_GLOB, and the reverse")
+    if (a.train_records or a.equal_compute) and not a.headline:
+        raise UserError("--train-records and --equal-compute belong to --headline")
+    if a.equal_compute and not a.train_records:
+        raise UserError("--equal-compute needs --train-records: the training compute of every curve")
     groups = label_globs(a.gap_to, "--gap-to", "L-Net=lnet_*")
     curves, benches, trains, loads = [], [], [], []
     for p in a.records:
@@ -67,7 +78,8 @@ def run(a) -> int:
         curves.extend(found)
     parts = [train_table(trains)] if trains else []
     if curves and a.headline:
-        parts.append(headline_table(curves, a.gap, groups, a.reference, a.max_loss[0]))
+        compute = training_compute_of(curves, record_set(a.train_records)) if a.train_records else None
+        parts.append(headline_table(curves, a.gap, groups, a.reference, a.max_loss[0], compute, a.equal_compute))
     elif curves and a.gap:
         parts.append(gap_table(curves, a.gap, groups))
     elif curves and a.summary:
@@ -85,6 +97,8 @@ def run(a) -> int:
         opts += (["--reference", a.reference] if a.reference else [])
         opts += (["--max-loss", *map(str, a.max_loss)] if (a.summary or a.headline) and a.max_loss != [0.5, 1.0] else [])
         opts += (["--gap", a.gap] + [x for g in a.gap_to for x in ("--gap-to", g)] if a.gap else [])
+        opts += (["--train-records", *a.train_records] if a.train_records else [])
+        opts += (["--equal-compute", a.equal_compute] if a.equal_compute else [])
         typed = [x for x in getattr(a, "argv", []) if x != "--traceback"]
         cmd = shlex.join(["anycost", *typed]) if typed else \
             shlex.join(["anycost", "report", *a.records, *opts, "--into", a.into, "--section", a.section])
@@ -93,3 +107,4 @@ def run(a) -> int:
     else:
         print(text)
     return 0
+
