@@ -1,0 +1,55 @@
+"""The strong static frontier (issue #36): ship and measure each finished `cpu`-recipe run.
+
+    python benchmarks/frontier.py --data-dir ../shared/data/cifar-10-batches-py [--runs runs/frontier]
+
+For every finished run folder ``RUNS/r{depth}-cpu90`` (trained by
+``anycost train resnet{depth} --recipe cpu --out RUNS/r{depth}-cpu90``), in order:
+copy its train record to ``benchmarks/records/train/resnet{depth}.cpu_cifar10.json`` (the
+training compute the reports compare with), ship it as zoo entry ``resnet{depth}.cpu_cifar10``
+(weights in ``zoo/``, record in the package) and evaluate it on the holdout half of the
+validation split into ``benchmarks/records/eval/``. Unfinished runs are skipped; each step is
+skipped when its output exists, so the script can be re-run as more runs finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py (or that folder itself)")
+    ap.add_argument("--runs", default="runs/frontier", help="folder of the run folders (default: runs/frontier)")
+    ap.add_argument("--depths", type=int, nargs="+", default=[8, 14, 20, 32, 56])
+    a = ap.parse_args()
+    from anycost.zoo import RELEASE_URL, export_to_zoo, shipped_names
+
+    for d in a.depths:
+        run, name = Path(a.runs) / f"r{d}-cpu90", f"resnet{d}.cpu_cifar10"
+        rec_file = run / "record.json"
+        if not rec_file.is_file() or json.loads(rec_file.read_text())["results"]["status"] != "done":
+            print(f"{name}: {run} has no finished run; skipped")
+            continue
+        train_rec = ROOT / "benchmarks/records/train" / f"{name}.json"
+        if not train_rec.exists():
+            shutil.copy(rec_file, train_rec)
+        if name not in shipped_names():
+            export_to_zoo(run, name, ROOT / "zoo", meta_dir=ROOT / "src/anycost/zoo", url=f"{RELEASE_URL}{name}.safetensors",
+                          extra_meta={"recipe": "cpu"})
+            print(f"{name}: shipped")
+        ev = ROOT / "benchmarks/records/eval" / f"{name}-holdout.json"
+        if not ev.exists():
+            subprocess.run(["anycost", "eval", name, "--data-dir", a.data_dir, "--split", "holdout", "--record", str(ev),
+                            "--threads", "2"], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
