@@ -28,6 +28,9 @@ def main() -> int:
     ap.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py (or that folder itself)")
     ap.add_argument("--runs", default="runs/frontier", help="folder of the run folders (default: runs/frontier)")
     ap.add_argument("--depths", type=int, nargs="+", default=[8, 14, 20, 32, 56])
+    ap.add_argument("--cascade", type=int, nargs="+", action="append", default=[], metavar="DEPTH",
+                    help="also a cascade over these shipped depths, cheapest first (no training: thresholds and "
+                         "a learned policy chosen on calib), shipped as cascade.cpu_r8_r14_..._cifar10 (repeatable)")
     a = ap.parse_args()
     from anycost.data import load_dataset
     from anycost.zoo import RELEASE_URL, export_to_zoo, load_model_file, shipped_names
@@ -51,7 +54,25 @@ def main() -> int:
         if not ev.exists():
             subprocess.run(["anycost", "eval", name, "--data-dir", a.data_dir, "--split", "holdout", "--record", str(ev),
                             "--threads", "2"], check=True)
+    for depths in a.cascade:
+        cascade(depths, a.data_dir)
     return 0
+
+
+def cascade(depths: list[int], data_dir: str) -> None:
+    """Network selection over the strong static networks: calibrated on calib, measured on holdout."""
+    from anycost.zoo import shipped_names
+
+    name = "cascade.cpu_" + "_".join(f"r{d}" for d in depths) + "_cifar10"
+    members = [f"resnet{d}.cpu_cifar10" for d in depths]
+    if name not in shipped_names():
+        subprocess.run(["anycost", "calibrate", "--cascade", *members, "--data-dir", data_dir, "--option",
+                        'metrics=["maxprob"]', "--save", name, "--zoo-dir", str(ROOT / "src/anycost/zoo"),
+                        "--record", str(ROOT / "benchmarks/records/calibrate" / f"{name}.json")], check=True)
+    ev = ROOT / "benchmarks/records/eval" / f"{name}-holdout.json"
+    if not ev.exists():
+        subprocess.run(["anycost", "eval", name, "--data-dir", data_dir, "--split", "holdout", "--record", str(ev),
+                        "--threads", "2"], check=True)
 
 
 if __name__ == "__main__":

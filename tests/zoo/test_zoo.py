@@ -493,3 +493,19 @@ def test_cli_eval_reads_a_zoo_dir_entry_and_verifies_its_hash(tmp_path, capsys, 
     f.write_bytes(f.read_bytes()[:-8] + b"\x00" * 8)
     assert main(args + ["--zoo-dir", str(tmp_path / "zoo")]) == 2
     assert "sha256" in capsys.readouterr().err
+
+
+def test_cascade_members_must_share_inputs_up_to_rounding():
+    """resnet8.cpu_cifar10's normalisation differs from resnet20.cpu_cifar10's in the 14th
+    digit (two loader versions): the same inputs. A real difference is refused."""
+    from anycost.zoo import ZooError, _same_input, build_cascade
+
+    a, b = get_weights("resnet8.cpu_cifar10"), get_weights("resnet20.cpu_cifar10")
+    assert a.normalization != b.normalization and _same_input(a, b)
+    assert build_cascade(["resnet8.cpu_cifar10", "resnet20.cpu_cifar10"]).weights.members
+    shifted = b.replace(normalization={"mean": [v + 1e-3 for v in b.normalization["mean"]], "std": b.normalization["std"]})
+    assert not _same_input(a, shifted) and not _same_input(a, b.replace(num_classes=100))
+    with pytest.raises(ZooError, match="disagree"):
+        from anycost.zoo import _build_cascade
+
+        _build_cascade(get_weights("cascade.r8_r20_cifar10"), [a, shifted], [{}, {}])

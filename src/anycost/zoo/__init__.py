@@ -109,13 +109,23 @@ def build(w: Weights, state: Mapping[str, torch.Tensor], op_state: Mapping | Non
     return _attach(model, w, source or w.name, sha256)
 
 
+def _same_input(a: Weights, b: Weights, tol: float = 1e-6) -> bool:
+    """Whether two entries take the same inputs and predict the same classes. Normalisation is
+    compared to ``tol``: the mean and std of one training set, computed by two versions of the
+    loader, may differ in the last bits."""
+    na, nb = a.normalization or {}, b.normalization or {}
+    same_norm = na.keys() == nb.keys() and all(
+        len(na[k]) == len(nb[k]) and all(abs(x - y) <= tol for x, y in zip(na[k], nb[k])) for k in na)
+    return same_norm and a.input_size == b.input_size and a.num_classes == b.num_classes
+
+
 def _build_cascade(w: Weights, members: list[Weights], states: list[dict], operating_points: bool = True) -> nn.Module:
     """The registered ``cascade(members=[arch, ...])`` with each member's verified zoo weights."""
     from anycost.models import create_model as build_arch
 
     first = members[0]
     for m in members[1:]:
-        if m.normalization != first.normalization or m.input_size != first.input_size or m.num_classes != first.num_classes:
+        if not _same_input(m, first):
             raise ZooError(f"'{w.name}': members {first.name} and {m.name} disagree on normalisation, input size or classes")
     c, h, _ = first.input_size
     if all(not m.model_kwargs for m in members):
@@ -417,7 +427,7 @@ def build_cascade(specs: list[str], **kwargs) -> nn.Module:
     nets = [resolve_model(s, **kwargs) for s in specs]
     ws = [n.weights for n in nets]
     for s, w in zip(specs[1:], ws[1:]):
-        if w.normalization != ws[0].normalization or w.input_size != ws[0].input_size or w.num_classes != ws[0].num_classes:
+        if not _same_input(w, ws[0]):
             raise ZooError(f"cascade member {s} disagrees with {specs[0]} on normalisation, input size or classes")
     model = Cascade(nets, tuple(ws[0].input_size), [w.arch for w in ws]).eval()
     first = ws[0]
