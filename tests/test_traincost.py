@@ -66,7 +66,7 @@ def test_a_missing_start_makes_a_lower_bound_and_a_cascade_sums_its_members():
     members = {f"{n}.json": rec(out_dir=f"runs/{n}", train_macs=m) for n, m in
                [("resnet8.cifar10", 1e12), ("resnet20.cifar10", 2e12)]}
     casc = training_compute("cascade.r8_r20_cifar10", RecordSet(members))
-    assert casc.macs == 3e12 and len(casc.stages) == 2
+    assert casc.macs == 3e12 and len(casc.stages) == 2 and casc.describe() == "0.00 (2 members, 2 stages)"
 
 
 def test_record_set_reads_files_and_folders_and_refuses_other_kinds(tmp_path):

@@ -45,6 +45,7 @@ class TrainingCompute:
     teachers: frozenset = field(default_factory=frozenset)  # canonical zoo names of every stage's teacher
     complete: bool = True
     missing: tuple[str, ...] = ()  # init_from specs with no record
+    members: int = 0  # for a cascade: how many networks it selects among (their stages are all in ``stages``)
 
     @property
     def estimated(self) -> bool:
@@ -52,7 +53,8 @@ class TrainingCompute:
 
     def describe(self) -> str:
         """``0.51 PMACs (3 stages, estimated)``: what a table prints."""
-        notes = [f"{len(self.stages)} stages"] if len(self.stages) > 1 else []
+        notes = [f"{self.members} members, {len(self.stages)} stages" if self.members else f"{len(self.stages)} stages"] \
+            if len(self.stages) > 1 or self.members else []
         notes += ["estimated"] if self.estimated else []
         notes += ["lower bound: no record of " + ", ".join(self.missing)] if not self.complete else []
         return f"{self.macs / PMAC:.2f}" + (f" ({', '.join(notes)})" if notes else "")
@@ -182,7 +184,7 @@ def training_compute(name: str, records: RecordSet) -> TrainingCompute:
         parts = [training_compute(m, records) for m in members]
         return TrainingCompute(name, sum(p.macs for p in parts), tuple(s for p in parts for s in p.stages),
                                frozenset().union(*(p.teachers for p in parts)), all(p.complete for p in parts),
-                               tuple(m for p in parts for m in p.missing))
+                               tuple(m for p in parts for m in p.missing), members=len(parts))
     stages, missing, seen = [], [], set()
     while key is not None and key not in seen:  # oldest stage last while walking; reversed below
         seen.add(key)
