@@ -50,10 +50,7 @@ def main() -> int:
             export_to_zoo(run, name, ROOT / "zoo", meta_dir=ROOT / "src/anycost/zoo", url=f"{RELEASE_URL}{name}.safetensors",
                           extra_meta={"recipe": "cpu"}, model=model)
             print(f"{name}: shipped")
-        ev = ROOT / "benchmarks/records/eval" / f"{name}-holdout.json"
-        if not ev.exists():
-            subprocess.run(["anycost", "eval", name, "--data-dir", a.data_dir, "--split", "holdout", "--record", str(ev),
-                            "--threads", "2"], check=True)
+        evaluate(name, a.data_dir)
     for depths in a.cascade:
         cascade(depths, a.data_dir)
     return 0
@@ -69,6 +66,11 @@ def cascade(depths: list[int], data_dir: str) -> None:
         subprocess.run(["anycost", "calibrate", "--cascade", *members, "--data-dir", data_dir, "--option",
                         'metrics=["maxprob"]', "--save", name, "--zoo-dir", str(ROOT / "src/anycost/zoo"),
                         "--record", str(ROOT / "benchmarks/records/calibrate" / f"{name}.json")], check=True)
+    evaluate(name, data_dir)
+
+
+def evaluate(name: str, data_dir: str) -> None:
+    """The zoo entry's holdout record, unless it exists."""
     ev = ROOT / "benchmarks/records/eval" / f"{name}-holdout.json"
     if not ev.exists():
         subprocess.run(["anycost", "eval", name, "--data-dir", data_dir, "--split", "holdout", "--record", str(ev),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from anycost.eval import TradeoffCurve
 from anycost.records import RecordError, read_record
+from anycost.traincost import PMAC
 
 
 def curves_from_record(rec: dict) -> list[TradeoffCurve]:
@@ -88,7 +89,7 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
 
     def label(c: TradeoffCurve, sep: str = " ") -> str:
         tc = (compute or {}).get(c.method)
-        return c.method if tc is None else f"{c.method}{sep}({tc.macs / 1e15:.2f} PMACs train)"
+        return c.method if tc is None else f"{c.method}{sep}({tc.macs / PMAC:.2f} PMACs train)"
 
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(10, 5.5))

@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+from anycost.curves import wilson_interval
 from anycost.eval import TradeoffCurve
 from anycost.records import write_text_atomic
 from anycost.traincost import PMAC
@@ -21,8 +22,6 @@ def matches(method: str, pattern: str) -> bool:
 def _ci(accuracy: float, n: int) -> str:
     """``88.44 [87.1, 89.6]``: top-1 with its 95 % Wilson interval (just the value when ``n``
     is unknown, as in records older than per-point counts)."""
-    from anycost.curves import wilson_interval
-
     if not n:
         return f"{accuracy:.2f}"
     lo, hi = wilson_interval(accuracy, n)
@@ -32,8 +31,6 @@ def _ci(accuracy: float, n: int) -> str:
 def _verdict(acc: float, n: int, other: float, n_other: int) -> str:
     """" (tie)" when the two 95 % intervals overlap, else " (above)" or " (below)"; nothing
     when either image count is unknown."""
-    from anycost.curves import wilson_interval
-
     if not (n and n_other):
         return ""
     lo, hi = wilson_interval(acc, n)
@@ -41,8 +38,14 @@ def _verdict(acc: float, n: int, other: float, n_other: int) -> str:
     return " (tie)" if lo <= fhi and flo <= hi else (" (above)" if acc > other else " (below)")
 
 
-def _front_n(front: TradeoffCurve) -> int:
-    return max((q.n for q in front.points), default=0)
+def _gap_cell(p, front: TradeoffCurve) -> str:
+    """``front at p's mean MACs | gap (verdict)``, or "below its range" when ``front``'s
+    cheapest point costs more than ``p``."""
+    a = front.accuracy_at(p.macs_mean)
+    if a is None:
+        return "below its range | -"
+    n_front = max((q.n for q in front.points), default=0)
+    return f"{a:.2f} | {p.accuracy - a:+.2f}{_verdict(p.accuracy, p.n, a, n_front)}"
 
 
 def curves_table(curves: list[TradeoffCurve], frontier_only: bool = False) -> str:
@@ -124,11 +127,7 @@ def gap_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, str])
              "|---|---|---:|---:|" + "---:|---:|" * len(fronts)]
     for c in subj:
         for p in sorted(c.points, key=lambda p: p.macs_mean):
-            cells = []
-            for f in fronts.values():
-                a = f.accuracy_at(p.macs_mean)
-                cells.append("below its range | -" if a is None else
-                             f"{a:.2f} | {p.accuracy - a:+.2f}{_verdict(p.accuracy, p.n, a, _front_n(f))}")
+            cells = [_gap_cell(p, f) for f in fronts.values()]
             lines.append(f"| {c.method} | {p.operating_point.name} | {_ci(p.accuracy, p.n)} | {p.macs_mean / 1e6:.2f} | "
                          f"{' | '.join(cells)} |")
     return "\n".join(lines)
@@ -154,12 +153,6 @@ def headline_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, 
     if equal_compute and not pool:
         raise ValueError(f"equal-compute: no curve other than the subject's matches '{equal_compute}'")
 
-    def gap(p, f: TradeoffCurve) -> str:
-        a = f.accuracy_at(p.macs_mean)
-        if a is None:
-            return "below its range | -"
-        return f"{a:.2f} | {p.accuracy - a:+.2f}{_verdict(p.accuracy, p.n, a, _front_n(f))}"
-
     head = " | ".join(f"{lab} at equal MACs (%) | gap (pt)" for lab in fronts)
     cols = ["method", "operating point", "top-1 (%) [95 % CI]", "mean MACs (M)", f"vs `{reference}`", "measured on"]
     align = ["---", "---", "---", "---:", "---:", "---"]
@@ -181,11 +174,10 @@ def headline_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, 
         name = p.operating_point.name + ("" if ok else " (best)")
         cells = [c.method, name, _ci(p.accuracy, p.n), f"{p.macs_mean / 1e6:.1f}",
                  f"{ref_best.macs_mean / p.macs_mean:.2f}x fewer", c.measured_on or "?"]
+        tc = compute.get(c.method) if compute is not None else None
         if compute is not None:
-            tc = compute.get(c.method)
             cells.append(tc.describe() if tc is not None else "no record")
         if equal_compute:
-            tc = compute.get(c.method)
             peers = [] if tc is None else [s for s in pool if s.method in compute and compute[s.method].complete
                                            and compute[s.method].macs >= tc.macs
                                            and compute[s.method].teachers == tc.teachers]
@@ -195,8 +187,8 @@ def headline_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, 
                 cells += ["none yet", "-", "-"]
             else:
                 names = ", ".join(f"{s.method} ({compute[s.method].macs / PMAC:.2f})" for s in peers)
-                cells += [names, *gap(p, TradeoffCurve.merge("equal compute", peers)).split(" | ")]
-        lines.append(f"| {' | '.join(cells)} | {' | '.join(gap(p, f) for f in fronts.values())} |")
+                cells += [names, *_gap_cell(p, TradeoffCurve.merge("equal compute", peers)).split(" | ")]
+        lines.append(f"| {' | '.join(cells)} | {' | '.join(_gap_cell(p, f) for f in fronts.values())} |")
     return "\n".join(lines)
 
 

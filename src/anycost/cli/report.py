@@ -107,4 +107,3 @@ def run(a) -> int:
     else:
         print(text)
     return 0
-
