@@ -1,14 +1,15 @@
-"""The strong static frontier (issue #36): ship and measure each finished `cpu`-recipe run.
+"""The strong static frontier and the families rebuilt on it (issue #36): ship and measure
+each finished run of ``benchmarks/frontier_queue.sh``.
 
     python benchmarks/frontier.py --data-dir ../shared/data/cifar-10-batches-py [--runs runs/frontier]
 
-For every finished run folder ``RUNS/r{depth}-cpu90`` (trained by
-``anycost train resnet{depth} --recipe cpu --out RUNS/r{depth}-cpu90``), in order:
-copy its train record to ``benchmarks/records/train/resnet{depth}.cpu_cifar10.json`` (the
-training compute the reports compare with), ship it as zoo entry ``resnet{depth}.cpu_cifar10``
-(weights in ``zoo/``, record in the package) and evaluate it on the holdout half of the
-validation split into ``benchmarks/records/eval/``. Unfinished runs are skipped; each step is
-skipped when its output exists, so the script can be re-run as more runs finish.
+For every entry of ``SHIP`` whose run folder under ``RUNS`` has finished, in order: copy its
+train record (and those of its earlier stages, whose compute it builds on) to
+``benchmarks/records/train/``, calibrate it on calib (the family's own search for operating
+points; a static network has one), ship it as a zoo entry (weights in ``zoo/``, record in the
+package) and evaluate it on the holdout half of the validation split into
+``benchmarks/records/eval/``. Unfinished runs are skipped; each step is skipped when its output
+exists, so the script can be re-run as more runs finish.
 """
 
 from __future__ import annotations
@@ -22,12 +23,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# zoo name, run folder, earlier stages' run folders (their records are copied as NAME-STAGE.json)
+SHIP = [(f"resnet{d}.cpu_cifar10", f"r{d}-cpu90", []) for d in (8, 14, 20, 32, 56)] + [
+    ("resnet20.cpu180_cifar10", "r20-cpu180", []),
+    ("ee_resnet32.cpu_cifar10", "ee32-joint", ["ee32-heads"]),
+    ("ee_resnet56.cpu_cifar10", "ee56-joint", ["ee56-heads"]),
+    ("lnet_resnet56.cpu_cifar10", "lnet56", []),
+    ("lcnet_resnet56.cpu_cifar10", "lcnet56", []),
+]
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py (or that folder itself)")
     ap.add_argument("--runs", default="runs/frontier", help="folder of the run folders (default: runs/frontier)")
-    ap.add_argument("--depths", type=int, nargs="+", default=[8, 14, 20, 32, 56])
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="ship only these entries of SHIP")
     ap.add_argument("--cascade", type=int, nargs="+", action="append", default=[], metavar="DEPTH",
                     help="also a cascade over these shipped depths, cheapest first (no training: thresholds and "
                          "a learned policy chosen on calib), shipped as cascade.cpu_r8_r14_..._cifar10 (repeatable)")
@@ -35,25 +45,34 @@ def main() -> int:
     from anycost.data import load_dataset
     from anycost.zoo import RELEASE_URL, export_to_zoo, load_model_file, shipped_names
 
-    for d in a.depths:
-        run, name = Path(a.runs) / f"r{d}-cpu90", f"resnet{d}.cpu_cifar10"
-        rec_file = run / "record.json"
-        if not rec_file.is_file() or json.loads(rec_file.read_text())["results"]["status"] != "done":
-            print(f"{name}: {run} has no finished run; skipped")
+    for name, run_name, stages in SHIP:
+        if a.only and name not in a.only:
             continue
-        train_rec = ROOT / "benchmarks/records/train" / f"{name}.json"
-        if not train_rec.exists():
-            shutil.copy(rec_file, train_rec)
+        run = Path(a.runs) / run_name
+        done = [Path(a.runs) / r for r in (*stages, run_name)]
+        if not all(_finished(r) for r in done):
+            print(f"{name}: {run} (or an earlier stage) has not finished; skipped")
+            continue
+        for r, stem in zip(done, [f"{name}-{s.split('-')[-1]}" for s in stages] + [name]):
+            train_rec = ROOT / "benchmarks/records/train" / f"{stem}.json"
+            if not train_rec.exists():
+                shutil.copy(r / "record.json", train_rec)
         if name not in shipped_names():
-            model = load_model_file(run)  # shipped entries carry their point measured on calib
-            model.calibrate(load_dataset("cifar10", a.data_dir, val_size=None, split_seed=0), "calib")
+            model = load_model_file(run)  # shipped entries carry their points measured on calib
+            model.calibrate(load_dataset("cifar10", a.data_dir, val_size=None, split_seed=0), "calib", progress=True)
+            extra = {"recipe": "cpu"} if name.startswith("resnet") else {}
             export_to_zoo(run, name, ROOT / "zoo", meta_dir=ROOT / "src/anycost/zoo", url=f"{RELEASE_URL}{name}.safetensors",
-                          extra_meta={"recipe": "cpu"}, model=model)
+                          extra_meta=extra, model=model)
             print(f"{name}: shipped")
         evaluate(name, a.data_dir)
     for depths in a.cascade:
         cascade(depths, a.data_dir)
     return 0
+
+
+def _finished(run: Path) -> bool:
+    rec = run / "record.json"
+    return rec.is_file() and json.loads(rec.read_text())["results"]["status"] == "done"
 
 
 def cascade(depths: list[int], data_dir: str) -> None:

@@ -93,3 +93,40 @@ def test_unsteady_timings_warn(monkeypatch):
         res = bench_model(TwoStage(), torch.randn(32, 1, 8, 8),
                           cfg=BenchConfig(batch_size=16, latency_runs=4, throughput_batches=1, warmup=0, rounds=4))
     assert res["unsteady"] and all(u["spread"] > 0.2 for u in res["unsteady"])
+
+
+@pytest.mark.filterwarnings("ignore:unsteady timings")
+def test_bench_reference_is_timed_in_the_same_rounds_and_every_speedup_is_against_it(monkeypatch):
+    """--reference: the static network to beat runs as one more point of every round (in the
+    alternating order), is flagged, and the MAC reductions and speed-ups divide by it."""
+    import torch.nn as nn
+
+    from anycost.cost import module_macs
+
+    seen = []
+
+    class Ref(nn.Module):  # a plain CNN; counts its batched calls
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(16, 3))
+
+        def forward(self, x):
+            if x.shape[0] == 16:
+                seen.append("ref")
+            return self.net(x)
+
+    m, ref = TwoStage(), Ref()
+    ref_macs = module_macs(ref, (1, 8, 8))
+    res = bench_model(m, torch.randn(32, 1, 8, 8), cfg=BenchConfig(batch_size=16, latency_runs=4, throughput_batches=1,
+                                                                     warmup=0, rounds=2), reference=ref, reference_name="cnn")
+    rows = res["points"]
+    assert res["reference"] == "cnn" and rows[-1]["reference"] and rows[-1]["operating_point"]["name"].startswith("cnn")
+    assert not any(r.get("reference") for r in rows[:-1])
+    assert rows[-1]["mac_reduction"] == 1.0 and rows[-1]["speedup_batched"] == 1.0
+    by = {r["operating_point"]["name"]: r for r in rows}
+    full, cheap = m.c1 + m.h1 + m.c2 + m.h2, m.c1 + m.h1
+    assert by["none"]["mac_reduction"] == pytest.approx(ref_macs / cheap)
+    assert by["all"]["mac_reduction"] == pytest.approx(ref_macs / full)
+    assert by["all"]["speedup_batched"] == by["all"]["throughput_img_s"] / rows[-1]["throughput_img_s"]
+    assert len(seen) == 1 + 2  # one warm-up batch, then one timed batch in each of the 2 rounds

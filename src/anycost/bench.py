@@ -7,7 +7,11 @@ about their cost), and timing in interleaved rounds that visit every point in tu
 alternating order. A slow spell of a shared machine then hits every point alike; each
 figure is the median over rounds, its spread is the relative range of the round medians,
 and a speed-up is the ratio of medians, with the range of the per-round ratios. The
-"full" setting is the point with the most MACs (a static model's speed-up is 1.0).
+"full" setting is the point with the most MACs (a static model's speed-up is 1.0), unless a
+``reference`` model (e.g. the static network a dynamic one claims to beat) is given: it is
+timed in the same rounds as one more point, and every speed-up is against it. Comparing two
+separate runs instead mixes in the machine's drift between them (docs/results.md shows
+how far apart two runs on a shared VM can be).
 """
 
 from __future__ import annotations
@@ -62,34 +66,48 @@ def spread(values: list[float]) -> float:
 
 @torch.inference_mode()
 def bench_model(model: nn.Module, images: Tensor, ops: list[OperatingPoint] | None = None,
-                cfg: BenchConfig | None = None) -> dict:
+                cfg: BenchConfig | None = None, reference: nn.Module | None = None,
+                reference_name: str = "reference") -> dict:
     """``images``: normalised float inputs (N, C, H, W) on the model's device, N >= batch_size
     preferred (cycled otherwise). Returns per-point latency, throughput, MACs and speed-ups
-    (medians over rounds, with spreads), the machine, and which figures were unsteady."""
+    (medians over rounds, with spreads), the machine, and which figures were unsteady.
+    ``reference``: a model taking the same inputs, timed at its most expensive point in the
+    same rounds; speed-ups are then against it (its row has ``"reference": true``)."""
     cfg = cfg or BenchConfig()
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or before)  # fixed for the run, recorded below
     try:
-        return _bench(model, images, ops, cfg)
+        return _bench(model, images, ops, cfg, reference, reference_name)
     finally:
         torch.set_num_threads(before)
 
 
-def _bench(model: nn.Module, images: Tensor, ops, cfg: BenchConfig) -> dict:
+def _bench(model: nn.Module, images: Tensor, ops, cfg: BenchConfig, reference: nn.Module | None = None,
+           reference_name: str = "reference") -> dict:
     model.eval()
     dyn = as_dynamic(model, tuple(images.shape[1:]))
-    ops = ops or dyn.operating_points()
+    ops = list(ops or dyn.operating_points())
+    runners = [dyn] * len(ops)  # which model runs each timed point
+    if reference is not None:
+        ref = as_dynamic(reference.eval(), tuple(images.shape[1:]))
+        rop = max(ref.operating_points(), key=lambda o: o.macs if o.macs is not None else float("inf"))
+        ops.append(OperatingPoint(f"{reference_name} ({rop.name})", dict(rop.params), rop.macs, rop.accuracy, rop.split))
+        runners.append(ref)
+        ref_ops = {len(ops) - 1: rop}  # the reference runs its own point object
+    else:
+        ref_ops = {}
+    run = lambda k, x: runners[k].infer(x, ref_ops.get(k, ops[k]))
     dev, n = images.device, images.shape[0]
     bs = min(cfg.batch_size, n)
     batches = [images[(j * bs) % n:(j * bs) % n + bs] for j in range(cfg.throughput_batches)]
     batches = [b if b.shape[0] == bs else images[:bs] for b in batches]
     per_round = max(1, cfg.latency_runs // cfg.rounds)
 
-    for op in ops:  # warm-up: allocator, kernels and caches see every point before timing starts
+    for k in range(len(ops)):  # warm-up: allocator, kernels and caches see every point before timing starts
         for i in range(cfg.warmup):
-            dyn.infer(images[i % n: i % n + 1], op)
+            run(k, images[i % n: i % n + 1])
         for _ in range(max(1, cfg.warmup // 5)):
-            dyn.infer(batches[0], op)
+            run(k, batches[0])
 
     lat = [[] for _ in ops]  # every batch-1 call, seconds
     lat_rounds = [[] for _ in ops]  # median per round
@@ -99,12 +117,12 @@ def _bench(model: nn.Module, images: Tensor, ops, cfg: BenchConfig) -> dict:
     for r in range(cfg.rounds):
         order = list(range(len(ops))) if r % 2 == 0 else list(reversed(range(len(ops))))
         for k in order:
-            op, calls = ops[k], []
+            calls = []
             for i in range(r * per_round, (r + 1) * per_round):  # the same images for every point
                 x = images[i % n: i % n + 1]
                 _sync(dev)
                 t0 = time.perf_counter()
-                out = dyn.infer(x, op)
+                out = run(k, x)
                 _sync(dev)
                 calls.append(time.perf_counter() - t0)
                 macs1[k] += float(out.macs.sum())
@@ -114,7 +132,7 @@ def _bench(model: nn.Module, images: Tensor, ops, cfg: BenchConfig) -> dict:
             t0 = time.perf_counter()
             m = 0.0
             for b in batches:
-                m += float(dyn.infer(b, op).macs.sum())
+                m += float(run(k, b).macs.sum())
             _sync(dev)
             thr_rounds[k].append(bs * len(batches) / (time.perf_counter() - t0))
             macs_b[k] = m / (bs * len(batches))
@@ -135,7 +153,11 @@ def _bench(model: nn.Module, images: Tensor, ops, cfg: BenchConfig) -> dict:
             "macs_mean_batched": macs_b[k],
             "batch_size": bs,
         })
-    f = max(range(len(rows)), key=lambda k: rows[k]["macs_mean_batched"])
+    if reference is not None:
+        f = len(rows) - 1
+        rows[f]["reference"] = True
+    else:
+        f = max(range(len(rows)), key=lambda k: rows[k]["macs_mean_batched"])
     full = rows[f]
     unsteady = []
     for k, r in enumerate(rows):
@@ -161,6 +183,7 @@ def _bench(model: nn.Module, images: Tensor, ops, cfg: BenchConfig) -> dict:
     hw = hardware_info(dev)
     return {"threads": torch.get_num_threads(), "device": str(dev), "config": asdict(cfg), "points": rows,
             "full_point": full["operating_point"], "unsteady": unsteady,
+            **({"reference": reference_name} if reference is not None else {}),
             "machine": {"cpu": hw["cpu"], "cpu_count": hw["cpu_count"], "threads": torch.get_num_threads(),
                         "torch": hw["torch"], **({"gpu": hw["gpu"]} if "gpu" in hw else {})}}
 

@@ -214,6 +214,8 @@ def bench_table(method: str, b: dict) -> str:
     where = f"{m.get('cpu', b['device'])}, {b['threads']} threads, torch {m['torch']}" if m else f"{b['device']}, {b['threads']} threads"
     n_rounds = (b.get("config") or {}).get("rounds")
     head = f"Wall-clock, {method} ({where}" + (f"; medians over {n_rounds} interleaved rounds" if rounds and n_rounds else "") + ")"
+    if b.get("reference"):
+        head += f"; speed-ups against `{b['reference']}`, timed in the same rounds"
     lines = [head, "",
              "| operating point | MACs (M) | MAC reduction | batch-1 p50 (ms) | p95 (ms) | speed-up b1 | "
              f"throughput b{b['points'][0]['batch_size']} (img/s) | speed-up batched | realised / MAC (b1, batched) |"
@@ -227,7 +229,8 @@ def bench_table(method: str, b: dict) -> str:
             lo, hi = r["speedup_batched_range"]
             sb += f" [{lo:.2f}, {hi:.2f}]"
         flag = lambda v: f"{v:.0%}" + (" (unsteady)" if v > 0.20 else "")
-        lines.append(f"| {r['operating_point']['name']} | {r['macs_mean_batched'] / 1e6:.3f} | {r['mac_reduction']:.2f}x "
+        name = f"**{r['operating_point']['name']}**" if r.get("reference") else r["operating_point"]["name"]
+        lines.append(f"| {name} | {r['macs_mean_batched'] / 1e6:.3f} | {r['mac_reduction']:.2f}x "
                      f"| {r['latency_ms_p50']:.2f} | {r['latency_ms_p95']:.2f} | {s1} "
                      f"| {r['throughput_img_s']:.0f} | {sb} "
                      f"| {r['realised_fraction_batch1']:.2f}, {r['realised_fraction_batched']:.2f} |"

@@ -106,6 +106,21 @@ def test_bench_static_speedup_is_one(cifar_run, tmp_path, capsys):
     assert "speed-up b1" in capsys.readouterr().out
 
 
+def test_bench_reference_row_and_refusal_of_other_inputs(cifar_run, tmp_path, capsys):
+    args = ["--batch-size", "8", "--latency-runs", "2", "--batches", "1", "--warmup", "0", "--rounds", "2"]
+    assert main(["bench", str(cifar_run), "--reference", str(cifar_run), "--json", "--record", str(tmp_path / "b.json"),
+                 *args]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reference"] == cifar_run.name and [p.get("reference", False) for p in out["points"]] == [False, True]
+    assert json.loads((tmp_path / "b.json").read_text())["config"]["reference"] == str(cifar_run)
+    # a model trained on other data normalises differently: comparing wall-clock would still
+    # run, but the pair is not a like-for-like comparison, so it is refused before any timing
+    assert main(["bench", str(cifar_run), "--reference", "resnet20.cpu30_cifar10", *args,
+                 "--record", str(tmp_path / "c.json")]) == 2
+    assert "normalises its inputs differently" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
+
+
 def test_models_and_zoo_listing(capsys):
     assert main(["models", "resnet*", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import warnings
 
-from ._common import (EPILOG, add_zoo_dir, check_device, check_output_file, eval_split, load_model, model_label,
-                      set_threads)
+from ._common import (EPILOG, add_zoo_dir, check_device, check_output_file, check_same_input, eval_split, load_model,
+                      model_label, set_threads)
 from .eval import SPLITS
 
 HELP = "wall-clock latency (batch 1) and throughput per operating point"
@@ -15,10 +15,14 @@ HELP = "wall-clock latency (batch 1) and throughput per operating point"
 def add(sub) -> None:
     b = sub.add_parser("bench", help=HELP, epilog=EPILOG,
                        description="Times every operating point with warm-up, inference_mode and a fixed thread "
-                                   "count; reports the realised speed-up against the full-cost setting next to "
-                                   "the MAC reduction. Give --data-dir so dynamic models route on real images.")
+                                   "count; reports the realised speed-up against the full-cost setting (or "
+                                   "--reference, timed in the same rounds) next to the MAC reduction. Give "
+                                   "--data-dir so dynamic models route on real images.")
     b.add_argument("model", help="zoo name, checkpoint .pt or run folder")
     add_zoo_dir(b)
+    b.add_argument("--reference", metavar="MODEL",
+                   help="a model taking the same inputs (e.g. the static network to beat), timed at its full cost in "
+                        "the same interleaved rounds; every speed-up is then against it")
     b.add_argument("--data-dir")
     b.add_argument("--split", default="val", choices=SPLITS, help="which images to time on (with --data-dir)")
     b.add_argument("--batch-size", type=int, default=256, help="batch for throughput (default 256)")
@@ -49,6 +53,10 @@ def run(a) -> int:
     name = model_label(a.model)
     rec_path = check_output_file(a.record or f"runs/bench/{name}.json", "--record")
     model, cfg = load_model(a.model, a.device, a.zoo_dir)
+    reference = None
+    if a.reference:
+        reference, rcfg = load_model(a.reference, a.device, a.zoo_dir)
+        check_same_input(cfg, rcfg, a.model, a.reference)
     n = max(a.batch_size, a.latency_runs)
     ops = model.operating_points()
     if a.data_dir or cfg.get("dataset") == "digits":
@@ -63,9 +71,9 @@ def run(a) -> int:
         inputs = "random normal"
     with warnings.catch_warnings():  # said once below, in the CLI's own words
         warnings.simplefilter("ignore")
-        res = bench_model(model, x, ops, bcfg)
+        res = bench_model(model, x, ops, bcfg, reference, model_label(a.reference) if a.reference else "reference")
     res["inputs"] = inputs
-    rec = make_record("bench", {"model": a.model, **bcfg.__dict__, "inputs": inputs}, {"bench": res, "method": name},
+    rec = make_record("bench", {"model": a.model, "reference": a.reference, **bcfg.__dict__, "inputs": inputs}, {"bench": res, "method": name},
                       device=a.device, checkpoint={"path": cfg.get("source"), "sha256": cfg.get("sha256")})
     write_json_atomic(rec_path, rec)
     if a.json:
