@@ -218,3 +218,13 @@ def test_split_fingerprint_names_large_splits_by_hash():
     assert small["val_indices"] == list(range(10)) and "val_indices" not in large
     assert large["val_indices_sha256"] == split_fingerprint(list(range(1, 5001)))["val_indices_sha256"]
     assert large["val_indices_sha256"] != split_fingerprint(list(range(2, 5002)))["val_indices_sha256"]
+
+
+def test_same_normalization_tolerates_last_bits_not_another_dataset():
+    from anycost.data import same_normalization
+
+    c10 = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
+    c100 = {"mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]}
+    assert same_normalization(c10, {k: [v + 1e-12 for v in vs] for k, vs in c10.items()})
+    assert not same_normalization(c10, c100)
+    assert not same_normalization(c10, {"mean": c10["mean"]}) and not same_normalization(c10, {**c10, "std": [0.2470]})

@@ -44,7 +44,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from anycost.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_atomic
-from anycost.data import DATASETS, BatchLoader, crop_pad, load_dataset
+from anycost.data import DATASETS, BatchLoader, crop_pad, load_dataset, same_normalization
 from anycost.distributed import LossModule, all_reduce_sums, convert_batchnorm
 from anycost.distributed import setup as dist_setup
 from anycost.distributed import teardown as dist_teardown
@@ -300,8 +300,7 @@ def load_teacher(spec: str, device: torch.device, data, channels_last: bool) -> 
     if n is not None and n != data.num_classes:
         raise ValueError(f"teacher '{spec}' predicts {n} classes, the data has {data.num_classes}")
     norm = meta.get("normalization")
-    if norm and not (torch.allclose(torch.tensor(norm["mean"]), torch.tensor(data.mean), atol=1e-4)
-                     and torch.allclose(torch.tensor(norm["std"]), torch.tensor(data.std), atol=1e-4)):
+    if norm and not same_normalization(norm, {"mean": list(data.mean), "std": list(data.std)}):
         raise ValueError(f"teacher '{spec}' was trained with normalisation {norm}, the data uses "
                          f"mean {data.mean}, std {data.std}")
     teacher.eval().requires_grad_(False).to(device)

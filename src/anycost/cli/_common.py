@@ -82,19 +82,18 @@ def check_input_size(ds, cfg: dict, split: str) -> None:
         raise UserError(f"{split} images are {tuple(ds.images.shape[1:])} but the model expects {want}")
 
 
-def check_same_input(cfg: dict, other: dict, name: str, other_name: str, tol: float = 1e-6) -> None:
+def check_same_input(cfg: dict, other: dict, name: str, other_name: str) -> None:
     """Refuse to compare two models that do not take the same inputs: input size, number of
-    classes and normalisation (to ``tol``: two loaders' statistics of one training set may
-    differ in the last bits)."""
-    def norm(c):
-        return [*(c.get("mean") or []), *(c.get("std") or [])]
+    classes and normalisation."""
+    from anycost.data import same_normalization
+
     for what, x, y in (("input size", tuple(cfg.get("input_size") or ()), tuple(other.get("input_size") or ())),
                        ("classes", cfg.get("num_classes"), other.get("num_classes"))):
         if x != y:
             raise UserError(f"{other_name} does not take {name}'s inputs: {what} {y} against {x}")
-    a, b = norm(cfg), norm(other)
-    if len(a) != len(b) or any(abs(x - y) > tol for x, y in zip(a, b)):
-        raise UserError(f"{other_name} normalises its inputs differently from {name} (mean/std {b} against {a})")
+    na, nb = ({k: c[k] for k in ("mean", "std") if c.get(k) is not None} for c in (cfg, other))
+    if not same_normalization(na, nb):
+        raise UserError(f"{other_name} normalises its inputs differently from {name} ({nb} against {na})")
 
 
 def set_threads(n: int | None, flag: str = "--threads") -> None:

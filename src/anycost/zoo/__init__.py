@@ -109,14 +109,12 @@ def build(w: Weights, state: Mapping[str, torch.Tensor], op_state: Mapping | Non
     return _attach(model, w, source or w.name, sha256)
 
 
-def _same_input(a: Weights, b: Weights, tol: float = 1e-6) -> bool:
-    """Whether two entries take the same inputs and predict the same classes. Normalisation is
-    compared to ``tol``: the mean and std of one training set, computed by two versions of the
-    loader, may differ in the last bits."""
-    na, nb = a.normalization or {}, b.normalization or {}
-    same_norm = na.keys() == nb.keys() and all(
-        len(na[k]) == len(nb[k]) and all(abs(x - y) <= tol for x, y in zip(na[k], nb[k])) for k in na)
-    return same_norm and a.input_size == b.input_size and a.num_classes == b.num_classes
+def _same_input(a: Weights, b: Weights) -> bool:
+    """Whether two entries take the same inputs and predict the same classes."""
+    from anycost.data import same_normalization
+
+    return same_normalization(a.normalization, b.normalization) and a.input_size == b.input_size \
+        and a.num_classes == b.num_classes
 
 
 def _build_cascade(w: Weights, members: list[Weights], states: list[dict], operating_points: bool = True) -> nn.Module:
