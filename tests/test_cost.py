@@ -74,3 +74,42 @@ def test_router_gather_scatter_roundtrip():
     assert rows2.tolist() == [0, 5]
     sub, pos = gather_rows(torch.arange(6.0), torch.tensor([1, 0, 1, 0, 0, 1], dtype=torch.bool))
     assert scatter_rows(torch.zeros(6), pos, sub * 10).tolist() == [0, 0, 20, 0, 0, 50]
+
+
+def test_trainable_macs_counts_only_layers_that_learn():
+    """A frozen backbone under trained heads (two-stage exits) pays no backward; a module
+    with parameters of its own and children counts only its own work, whether its
+    children are called directly or through a container that is never called."""
+    import torch.nn as nn
+
+    from anycost.cost import trainable_macs
+
+    full = create_model("ee_resnet20", mode="joint", exits="1+3+5", head="branch")
+    heads = create_model("ee_resnet20", mode="heads", exits="1+3+5", head="branch")
+    total = module_macs(heads, (3, 32, 32))
+    assert trainable_macs(full, (3, 32, 32)) == total
+    h = sum(module_macs(hd, tuple(s)) for hd, s in zip(heads.heads, [(16, 32, 32), (32, 16, 16), (32, 16, 16)]))
+    assert trainable_macs(heads, (3, 32, 32)) == h < total / 3
+    from anycost.train import training_macs_per_image
+
+    assert training_macs_per_image(heads, None, (3, 32, 32)) == total + 2 * h
+    assert training_macs_per_image(full, heads, (3, 32, 32)) == 4 * total  # the teacher: one more forward
+    for name in ("cnmm_d8", "lcnet_resnet20"):  # containers (ModuleList) and modules with own parameters
+        m = create_model(name)
+        assert trainable_macs(m, (3, 32, 32)) == module_macs(m, (3, 32, 32))
+
+    class Scaled(nn.Module):  # own parameter, own matmul, and a child conv
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4))
+            self.convs = nn.ModuleList([nn.Conv2d(1, 4, 3, padding=1)])
+
+        def forward(self, x):
+            h = self.convs[0](x).mean((2, 3))  # (B, 4)
+            return h @ self.w
+
+    m = Scaled()
+    conv = module_macs(m.convs[0], (1, 8, 8))
+    assert trainable_macs(m, (1, 8, 8)) == conv + 16
+    m.convs.requires_grad_(False)
+    assert trainable_macs(m, (1, 8, 8)) == 16

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from anycost.core import DynamicOutput
 
-__all__ = ["DynamicOutput", "count_macs", "module_macs", "check_reported_macs", "MacsCheck"]
+__all__ = ["DynamicOutput", "count_macs", "module_macs", "trainable_macs", "check_reported_macs", "MacsCheck"]
 
 
 def count_macs(fn, *args, **kwargs) -> int:
@@ -42,6 +42,35 @@ def module_macs(module: nn.Module, input_shape: tuple[int, ...], device=None, dt
         return count_macs(module, torch.zeros(1, *input_shape, device=device, dtype=dtype))
     finally:
         module.train(was_training)
+
+
+def trainable_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Per-sample forward MACs of the layers that hold trainable parameters (any parameter of
+    their own with ``requires_grad``), at ``input_shape``, in eval mode: the part of a
+    forward pass whose backward a training step pays for (a frozen backbone under trained
+    heads costs one forward pass and no backward)."""
+    p = next(module.parameters(), None)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            module(torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu"))
+    finally:
+        module.train(was_training)
+    # FlopCounterMode totals each module with its descendants, keyed "<class>.<path>"
+    totals = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
+    root = type(module).__name__
+
+    def below(key: str, m: nn.Module) -> int:  # flops of the called modules under m (containers are never called)
+        return sum(totals[f"{key}.{c}"] if f"{key}.{c}" in totals else below(f"{key}.{c}", child)
+                   for c, child in m.named_children())
+
+    flops = 0
+    for name, m in module.named_modules():
+        key = f"{root}.{name}" if name else root
+        if key in totals and any(q.requires_grad for q in m.parameters(recurse=False)):
+            flops += totals[key] - below(key, m)
+    return int(flops) // 2
 
 
 @dataclass

@@ -343,16 +343,17 @@ def _ema_tensors(m: nn.Module):
     yield from m.named_buffers()
 
 
-TRAIN_MACS_CONVENTION = ("per training image seen: 3 x the model's forward MACs (forward + backward; eval-mode "
+TRAIN_MACS_CONVENTION = ("per training image seen: the model's forward MACs + 2 x the forward MACs of its layers "
+                         "with trainable parameters (the backward; 3 x forward when everything trains; eval-mode "
                          "forward at the input size, every exit / edge / gate computed) + 1 x the teacher's forward "
                          "MACs; evaluation passes and the training of an init_from model not included")
 
 
 def training_macs_per_image(model: nn.Module, teacher: nn.Module | None, input_size: tuple) -> float:
     """MACs one training image costs under :data:`TRAIN_MACS_CONVENTION`."""
-    from anycost.cost import module_macs
+    from anycost.cost import module_macs, trainable_macs
 
-    macs = 3.0 * module_macs(model, input_size)
+    macs = float(module_macs(model, input_size)) + 2.0 * trainable_macs(model, input_size)
     return macs + (float(module_macs(teacher, input_size)) if teacher is not None else 0.0)
 
 

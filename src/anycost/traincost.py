@@ -84,7 +84,8 @@ def _teacher_macs(teacher: str) -> float:
 
 def stage_macs(record: dict) -> tuple[float, bool]:
     """(MACs this run spent training, estimated?). From ``results.train_macs`` when the record
-    has it; else 3 x the model's forward MACs (+ the teacher's forward) per image seen."""
+    has it; else rebuilt from the config under the same convention (forward + 2 x the trainable
+    layers' forward, + the teacher's forward, per image seen)."""
     res = record["results"]
     if res.get("train_macs") is not None:
         return float(res["train_macs"]), False
@@ -97,18 +98,18 @@ def stage_macs(record: dict) -> tuple[float, bool]:
     size = tuple(meta.get("input_size") or (3, 32, 32))
     if len(size) == 3 and size[0] != 3:
         kwargs.setdefault("in_chans", size[0])
-    per_image = 3.0 * _forward_macs(cfg["model"], json.dumps(kwargs, sort_keys=True), size)
+    per_image = _step_macs(cfg["model"], json.dumps(kwargs, sort_keys=True), size)
     if cfg.get("teacher"):
         per_image += _teacher_macs(cfg["teacher"])
     return per_image * sum(_images_seen(r) for r in res["history"]), True
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_macs(model: str, kwargs_json: str, size: tuple) -> int:
-    from anycost.cost import module_macs
+def _step_macs(model: str, kwargs_json: str, size: tuple) -> float:
     from anycost.models import create_model
+    from anycost.train import training_macs_per_image
 
-    return module_macs(create_model(model, **json.loads(kwargs_json)), size)
+    return training_macs_per_image(create_model(model, **json.loads(kwargs_json)), None, size)
 
 
 class RecordSet:
