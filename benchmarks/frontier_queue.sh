@@ -1,7 +1,9 @@
 #!/bin/bash
-# The training runs behind the fair frontier (#36), as two lanes that share 2 CPU cores at one
-# thread each (two 1-thread runs train about 1.25x as many images per second as one 2-thread
-# run here). Every step is skipped once done and resumed if interrupted, so
+# The training runs behind the fair frontier (#36), as two lanes that can share 2 CPU cores at
+# one thread each: about 1.2x the images per second of one 2-thread run (ResNet-32's train record:
+# 381 img/s on one thread beside ResNet-56's 213, which is 388 at ResNet-32's MACs, against about
+# 640 alone on two); THREADS=2 and one lane finishes that lane first. Every step is skipped once
+# done and resumed if interrupted, so
 #   nohup benchmarks/frontier_queue.sh a > runs/frontier/a.log 2>&1 &
 #   nohup benchmarks/frontier_queue.sh b > runs/frontier/b.log 2>&1 &
 # pick up where the last session stopped. Lane a: ResNet-32, exits on it, a 180-epoch
