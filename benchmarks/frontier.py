@@ -30,7 +30,8 @@ SHIP = [(f"resnet{d}.cpu_cifar10", f"r{d}-cpu90", []) for d in (8, 14, 20, 32, 5
     ("ee_resnet56.cpu_cifar10", "ee56-joint", ["ee56-heads"]),
     ("lnet_resnet56.cpu_cifar10", "lnet56", []),
     ("lcnet_resnet56.cpu_cifar10", "lcnet56", []),
-]
+    ("cnmm_r6.cpu_cifar10", "cnmm56", []),
+] + [(f"resnet{d}.cpu_kd_cifar10", f"r{d}-kd56", []) for d in (8, 14, 20, 32)]
 
 
 def main() -> int:

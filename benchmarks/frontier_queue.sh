@@ -7,8 +7,9 @@
 #   nohup benchmarks/frontier_queue.sh a > runs/frontier/a.log 2>&1 &
 #   nohup benchmarks/frontier_queue.sh b > runs/frontier/b.log 2>&1 &
 # pick up where the last session stopped. Lane a: ResNet-32, exits on it, a 180-epoch
-# ResNet-20 (an equal-compute peer for the cascades). Lane b: ResNet-56, then the families
-# rebuilt on it. `python benchmarks/frontier.py` ships and evaluates what has finished.
+# ResNet-20 (an equal-compute peer for the cascades), then the static networks distilled from
+# the strong ResNet-56 (same-teacher peers; it waits for lane b's ResNet-56). Lane b:
+# ResNet-56, then the families rebuilt on it. `python benchmarks/frontier.py` ships and evaluates what has finished.
 # Env: DATA_DIR (CIFAR-10 batches), THREADS (per lane, default 1).
 set -e
 cd "$(dirname "$0")/.."
@@ -23,6 +24,10 @@ step() {  # step OUT_DIR anycost-train-args...
   anycost train "$@" --data-dir "$DATA" --threads "${THREADS:-1}" --out "$out" --no-progress $r
 }
 
+wait_for() {  # wait_for RUN_DIR: block until another lane has finished that run
+  until [ -f "$1/record.json" ] && grep -q '"status": "done"' "$1/record.json"; do sleep 300; done
+}
+
 # exits as in ee_resnet56_branch: BranchyNet side branches, self-distillation 0.5 at T=3;
 # two stages: heads on the frozen backbone, then a short joint fine-tune at a low lr
 ee() { echo "{\"mode\": \"$1\", \"exits\": \"$2\", \"head\": \"branch\", \"distill\": 0.5, \"distill_temp\": 3.0}"; }
@@ -33,6 +38,10 @@ a)
   step $R/ee32-heads ee_resnet32 --recipe cpu30 --amp bf16 --epochs 15 --set "model_kwargs=$(ee heads 1+3+5+8)" --init-from $R/r32-cpu90
   step $R/ee32-joint ee_resnet32 --recipe cpu30 --amp bf16 --epochs 10 --lr 0.03 --set "model_kwargs=$(ee joint 1+3+5+8)" --init-from $R/ee32-heads
   step $R/r20-cpu180 resnet20 --recipe cpu --epochs 180
+  wait_for $R/r56-cpu90
+  for d in 20 8 14 32; do
+    step $R/r$d-kd56 resnet$d --recipe cpu --teacher $R/r56-cpu90 --distill 1
+  done
   ;;
 b)
   step $R/r56-cpu90 resnet56 --recipe cpu
@@ -44,6 +53,10 @@ b)
   step $R/lcnet56 lcnet_resnet56 --recipe cpu30 --amp bf16 --epochs 5 --lr 0.03 --init-from $R/lnet56 --teacher $R/r56-cpu90 --distill 2 \
     --set 'model_kwargs={"target": 0.3, "lam": 8, "penalty": "batch", "gate_l2": 0.01, "channel_target": 0.5, "channel_lam": 32}' \
     --set 'lr_mult={"predictors": 10}'
+  # a CNMM distilled from the strongest teacher, in one run at the cpu recipe (the kd2 chain's
+  # grid and cost terms)
+  step $R/cnmm56 cnmm_r6 --recipe cpu --teacher $R/r56-cpu90 --distill 1 \
+    --set 'model_kwargs={"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}'
   ;;
 *) echo "usage: $0 a|b" >&2; exit 2 ;;
 esac
