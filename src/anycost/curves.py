@@ -15,6 +15,14 @@ from dataclasses import asdict, dataclass
 from numbers import Real
 from typing import Callable, Iterable
 
+
+def matches(method: str, pattern: str) -> bool:
+    """Shell-glob match of a curve's method name, with ``|`` between alternatives
+    (``resnet?.cifar10|resnet??.cifar10``): one rule for every command that selects curves."""
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(method, g) for g in pattern.split("|"))
+
 import torch
 from torch import Tensor
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from anycost.curves import matches
 from anycost.eval import TradeoffCurve
 from anycost.records import RecordError, read_record
 from anycost.traincost import PMAC
@@ -33,9 +34,7 @@ def load_curves(paths) -> list[TradeoffCurve]:
 def drop_curves(curves: list[TradeoffCurve], patterns: list[str]) -> list[TradeoffCurve]:
     """The curves whose method name matches none of the shell patterns (a crowded plot
     keeps its readable subset; the records keep everything)."""
-    from fnmatch import fnmatchcase
-
-    kept = [c for c in curves if not any(fnmatchcase(c.method, p) for p in patterns)]
+    kept = [c for c in curves if not any(matches(c.method, p) for p in patterns)]
     if curves and not kept:
         raise ValueError(f"--exclude {patterns} leaves no curve to plot")
     return kept
@@ -47,14 +46,13 @@ def group_static(curves: list[TradeoffCurve], groups: dict[str, str]) -> list[Tr
     group wins, and a pattern that matches no static network is an error (a typo would
     otherwise silently merge the series)."""
     from dataclasses import replace
-    from fnmatch import fnmatchcase
 
     for label, pattern in groups.items():
-        if not any(c.static and fnmatchcase(c.method, pattern) for c in curves):
+        if not any(c.static and matches(c.method, pattern) for c in curves):
             raise ValueError(f"static group '{label}': no static network matches '{pattern}'")
     out = []
     for c in curves:
-        label = next((g for g, pat in groups.items() if c.static and fnmatchcase(c.method, pat)), None)
+        label = next((g for g, pat in groups.items() if c.static and matches(c.method, pat)), None)
         out.append(replace(c, family=label) if label else c)
     return out
 

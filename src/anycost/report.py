@@ -6,17 +6,10 @@ import os
 import re
 from pathlib import Path
 
-from anycost.curves import wilson_interval
+from anycost.curves import matches, wilson_interval
 from anycost.eval import TradeoffCurve
 from anycost.records import write_text_atomic
 from anycost.traincost import PMAC
-
-
-def matches(method: str, pattern: str) -> bool:
-    """Glob match with ``|`` between alternatives: ``resnet?.cifar10|resnet??.cifar10``."""
-    from fnmatch import fnmatchcase
-
-    return any(fnmatchcase(method, g) for g in pattern.split("|"))
 
 
 def _ci(accuracy: float, n: int) -> str:

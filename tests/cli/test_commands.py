@@ -185,6 +185,8 @@ def test_group_static_gives_matching_static_networks_their_own_series():
     assert cs[1].family is None  # the input is not modified
     with pytest.raises(ValueError, match="no static network matches"):
         group_static(cs, {"typo": "*_kdd"})
+    # '|' separates alternatives, as in `anycost report`'s globs
+    assert [c.family for c in group_static(cs, {"both": "resnet8|*_kd"})] == ["both", "both", None]
 
 
 def test_export_writes_the_network_of_a_point(tmp_path, capsys):

@@ -16,9 +16,10 @@ def add(sub) -> None:
     pl.add_argument("--title", help="plot title (default: names the measured split)")
     pl.add_argument("--static-group", action="append", default=[], metavar="LABEL=METHOD_GLOB",
                     help="draw the static networks matching the glob as their own marker series named LABEL, "
-                         "e.g. 'distilled=*_kd' (repeatable)")
+                         "e.g. 'distilled=*_kd'; '|' separates alternatives, as in `anycost report` (repeatable)")
     pl.add_argument("--exclude", action="append", metavar="PATTERN",
-                    help="leave out curves whose name matches this shell pattern, e.g. '*entropy*' (repeatable)")
+                    help="leave out curves whose name matches this shell pattern, e.g. '*entropy*'; '|' separates "
+                         "alternatives (repeatable)")
     pl.add_argument("--train-records", nargs="+", metavar="PATH", default=[],
                     help="train records (files, or folders of them): label each model with its training compute, "
                          "summed over every stage that made it (see `anycost report --headline --equal-compute`)")
