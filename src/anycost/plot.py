@@ -97,6 +97,7 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
         if c.static:
             static.setdefault(c.family or "static", []).append(c)
     markers = iter("osD^vP*X")
+    notes = []  # the static networks' name labels, placed apart once the axes are final
     for fam, cs in static.items():
         pts = sorted(((c.points[0].macs_mean, c.points[0].accuracy, label(c, "\n"), c.points[0].n) for c in cs))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=":", marker=next(markers, "o"), color="0.2",
@@ -106,8 +107,8 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
             ax.errorbar([b[0] for b in bars], [b[1] for b in bars], fmt="none", ecolor="0.5", elinewidth=0.8,
                         capsize=2, yerr=[[b[1] - b[2][0] for b in bars], [b[2][1] - b[1] for b in bars]], zorder=4)
         for x, y, name, _ in pts:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6, color="0.3",
-                        va="top")
+            notes.append(ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6,
+                                     color="0.3", va="top"))
     dynamic = [c for c in curves if not c.static]
     top = max((p.accuracy for c in curves for p in c.points), default=100.0)
     floor = top - y_span
@@ -142,7 +143,28 @@ def plot_curves(curves: list[TradeoffCurve], out: str | os.PathLike, title: str 
     fig.suptitle(title or f"accuracy vs MACs (measured on: {', '.join(measured) or '?'})", fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()  # the final layout first: label boxes are measured in pixels
+    _separate(fig, notes)
     return _save(plt, fig, out)
+
+
+# where a static network's label may go, in points from its marker, tried in this order
+_LABEL_SPOTS = [((4, -10), "top"), ((4, 10), "bottom"), ((4, -28), "top"), ((4, 28), "bottom"), ((-70, -10), "top")]
+
+
+def _separate(fig, notes) -> None:
+    """Move each label that would cover an earlier one to the first free spot of
+    ``_LABEL_SPOTS`` (static networks of two families often sit at the same MACs)."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for note in notes:
+        for xy, va in _LABEL_SPOTS:
+            note.set_position(xy)
+            note.set_va(va)
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in placed):
+                break
+        placed.append(note.get_window_extent(renderer))
 
 
 def plot_speedups(bench_results: dict[str, dict], out: str | os.PathLike, title: str | None = None) -> Path:

@@ -189,6 +189,32 @@ def test_group_static_gives_matching_static_networks_their_own_series():
     assert [c.family for c in group_static(cs, {"both": "resnet8|*_kd"})] == ["both", "both", None]
 
 
+def test_static_labels_do_not_cover_each_other(tmp_path, monkeypatch):
+    """Two families' static networks at the same MACs and nearly the same accuracy: their
+    name labels are moved apart (they used to be drawn on top of each other)."""
+    import anycost.plot as plot
+    from anycost.eval import CurvePoint, OperatingPoint, TradeoffCurve
+
+    def curve(name, acc, macs, family):
+        return TradeoffCurve(name, [CurvePoint(OperatingPoint("full"), acc, macs)], static=True, family=family)
+
+    cs = [curve("resnet14.cpu_cifar10", 88.4, 26.4e6, "cpu 90 ep"), curve("resnet14.cifar10", 88.0, 26.4e6, "cpu30"),
+          curve("resnet20.cpu_cifar10", 90.3, 40.6e6, "cpu 90 ep"), curve("resnet20.cifar10", 90.0, 40.6e6, "cpu30")]
+    seen = {}
+    separate = plot._separate
+
+    def spy(fig, notes):
+        separate(fig, notes)
+        r = fig.canvas.get_renderer()
+        seen["boxes"] = [n.get_window_extent(r) for n in notes]
+
+    monkeypatch.setattr(plot, "_separate", spy)
+    plot.plot_curves(cs, tmp_path / "s.png")
+    boxes = seen["boxes"]
+    assert len(boxes) == 4
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def test_export_writes_the_network_of_a_point(tmp_path, capsys):
     """TorchScript for a routed point (same logits as infer), ONNX for a static one, and a clear
     refusal of ONNX for a point that routes on content."""
