@@ -16,16 +16,18 @@ cd "$(dirname "$0")/.."
 DATA=${DATA_DIR:-../shared/data/cifar-10-batches-py}
 R=runs/frontier
 
+finished() { [ -f "$1/record.json" ] && grep -q '"status": "done"' "$1/record.json"; }
+
 step() {  # step OUT_DIR anycost-train-args...
   local out=$1; shift
-  if [ -f "$out/record.json" ] && grep -q '"status": "done"' "$out/record.json"; then return 0; fi
+  if finished "$out"; then return 0; fi
   local r=""; [ -f "$out/last.pt" ] && r="--resume"
   echo "== $(date -u +%FT%TZ) $out"
   anycost train "$@" --data-dir "$DATA" --threads "${THREADS:-1}" --out "$out" --no-progress $r
 }
 
 wait_for() {  # wait_for RUN_DIR: block until another lane has finished that run
-  until [ -f "$1/record.json" ] && grep -q '"status": "done"' "$1/record.json"; do sleep 300; done
+  until finished "$1"; do sleep 300; done
 }
 
 # exits as in ee_resnet56_branch: BranchyNet side branches, self-distillation 0.5 at T=3;

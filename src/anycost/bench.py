@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -87,16 +87,13 @@ def _bench(model: nn.Module, images: Tensor, ops, cfg: BenchConfig, reference: n
     model.eval()
     dyn = as_dynamic(model, tuple(images.shape[1:]))
     ops = list(ops or dyn.operating_points())
-    runners = [dyn] * len(ops)  # which model runs each timed point
+    timed = [(dyn, op) for op in ops]  # per row: the model and the point it runs
     if reference is not None:
         ref = as_dynamic(reference.eval(), tuple(images.shape[1:]))
         rop = max(ref.operating_points(), key=lambda o: o.macs if o.macs is not None else float("inf"))
-        ops.append(OperatingPoint(f"{reference_name} ({rop.name})", dict(rop.params), rop.macs, rop.accuracy, rop.split))
-        runners.append(ref)
-        ref_ops = {len(ops) - 1: rop}  # the reference runs its own point object
-    else:
-        ref_ops = {}
-    run = lambda k, x: runners[k].infer(x, ref_ops.get(k, ops[k]))
+        timed.append((ref, rop))
+        ops.append(replace(rop, name=f"{reference_name} ({rop.name})"))  # the row's name in the results
+    run = lambda k, x: timed[k][0].infer(x, timed[k][1])
     dev, n = images.device, images.shape[0]
     bs = min(cfg.batch_size, n)
     batches = [images[(j * bs) % n:(j * bs) % n + bs] for j in range(cfg.throughput_batches)]

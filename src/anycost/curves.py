@@ -15,14 +15,6 @@ from dataclasses import asdict, dataclass
 from numbers import Real
 from typing import Callable, Iterable
 
-
-def matches(method: str, pattern: str) -> bool:
-    """Shell-glob match of a curve's method name, with ``|`` between alternatives
-    (``resnet?.cifar10|resnet??.cifar10``): one rule for every command that selects curves."""
-    from fnmatch import fnmatchcase
-
-    return any(fnmatchcase(method, g) for g in pattern.split("|"))
-
 import torch
 from torch import Tensor
 
@@ -33,6 +25,14 @@ __all__ = [
     "pareto_front", "accuracy_at_macs", "macs_at_accuracy", "iso_accuracy_reduction", "normalised_auc",
     "calibrate_to_budget", "calibrate_to_accuracy_drop", "bisect_knob", "point_from_outputs",
 ]
+
+
+def matches(method: str, pattern: str) -> bool:
+    """Shell-glob match of a curve's method name, with ``|`` between alternatives
+    (``resnet?.cifar10|resnet??.cifar10``): one rule for every command that selects curves."""
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(method, g) for g in pattern.split("|"))
 
 
 @dataclass

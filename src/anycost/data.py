@@ -56,9 +56,6 @@ class DataError(RuntimeError):
     """A data problem the user can fix: missing, truncated or foreign files."""
 
 
-# --------------------------------------------------------------------------- unpickling
-
-# The only globals the official CIFAR pickles (and numpy re-packs of them) reference.
 def same_normalization(a: dict, b: dict, tol: float = NORM_TOL) -> bool:
     """Whether two ``{"mean": [...], "std": [...]}`` normalisations are the same (to ``tol``)."""
     a, b = a or {}, b or {}
@@ -66,6 +63,9 @@ def same_normalization(a: dict, b: dict, tol: float = NORM_TOL) -> bool:
         len(a[k]) == len(b[k]) and all(abs(float(x) - float(y)) <= tol for x, y in zip(a[k], b[k])) for k in a)
 
 
+# --------------------------------------------------------------------------- unpickling
+
+# The only globals the official CIFAR pickles (and numpy re-packs of them) reference.
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),

@@ -73,7 +73,8 @@ def run(a) -> int:
         warnings.simplefilter("ignore")
         res = bench_model(model, x, ops, bcfg, reference, model_label(a.reference) if a.reference else "reference")
     res["inputs"] = inputs
-    rec = make_record("bench", {"model": a.model, "reference": a.reference, **bcfg.__dict__, "inputs": inputs}, {"bench": res, "method": name},
+    rec = make_record("bench", {"model": a.model, "reference": a.reference, **bcfg.__dict__, "inputs": inputs},
+                      {"bench": res, "method": name},
                       device=a.device, checkpoint={"path": cfg.get("source"), "sha256": cfg.get("sha256")})
     write_json_atomic(rec_path, rec)
     if a.json:
