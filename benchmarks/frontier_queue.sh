@@ -1,9 +1,9 @@
 #!/bin/bash
 # The training runs behind the fair frontier (#36), one job per argument, in order:
-#   nohup benchmarks/frontier_queue.sh r56 ee56 > runs/frontier/queue.log 2>&1 &
-#   python benchmarks/frontier.py --data-dir ../shared/data/cifar-10-batches-py   # ship what finished
-# A job is skipped once its zoo entry is shipped (src/anycost/zoo/NAME.json), and a run folder
-# with last.pt is resumed. Run folders (runs/) do not outlive a session on the project's
+#   mkdir -p runs/frontier && nohup benchmarks/frontier_queue.sh r56 ee56 > runs/frontier/queue.log 2>&1 &
+# Each job trains, then ships its zoo entry and its holdout record (benchmarks/frontier.py --only),
+# so the next job can start from it. A job is skipped once its zoo entry is shipped
+# (src/anycost/zoo/NAME.json), and a run folder with last.pt is resumed. Run folders (runs/) do not outlive a session on the project's
 # machines, so each job is sized to finish inside one 180-minute session on 2 cores, and jobs
 # that build on an earlier one start from its shipped zoo entry, not from its run folder.
 # Env: DATA_DIR (CIFAR-10 batches), THREADS (default 2).
@@ -25,6 +25,7 @@ R=runs/frontier
 R56=resnet56.cpu64_cifar10  # the strong ResNet-56, as shipped: teacher and starting point
 
 shipped() { [ -f "src/anycost/zoo/$1.json" ]; }
+ship() { python benchmarks/frontier.py --data-dir "$DATA" --only "$@"; }
 finished() { [ -f "$1/record.json" ] && grep -q '"status": "done"' "$1/record.json"; }
 
 step() {  # step OUT_DIR anycost-train-args...
@@ -38,6 +39,18 @@ step() {  # step OUT_DIR anycost-train-args...
 # exits as in ee_resnet56_branch: BranchyNet side branches, self-distillation 0.5 at T=3;
 # two stages: heads on the frozen backbone, then a short joint fine-tune at a low lr
 ee() { echo "{\"mode\": \"$1\", \"exits\": \"$2\", \"head\": \"branch\", \"distill\": 0.5, \"distill_temp\": 3.0}"; }
+
+entry() {  # the zoo entry a job ships
+  case "$1" in
+  r32) echo resnet32.cpu_cifar10 ;;
+  r56) echo $R56 ;;
+  r20x2) echo resnet20.cpu180_cifar10 ;;
+  ee32|ee56) echo "ee_resnet${1#ee}.cpu_cifar10" ;;
+  lnet56|lcnet56) echo "${1%56}_resnet56.cpu_cifar10" ;;
+  cnmm56) echo cnmm_r6.cpu_cifar10 ;;
+  kd*) echo "resnet${1#kd}.cpu_kd_cifar10" ;;
+  esac
+}
 
 job() {
   case "$1" in
@@ -68,4 +81,4 @@ job() {
 }
 
 [ $# -gt 0 ] || { echo "usage: $0 JOB... (see the table at the top of $0)" >&2; exit 2; }
-for j in "$@"; do job "$j"; done
+for j in "$@"; do job "$j"; ship "$(entry "$j")"; done
