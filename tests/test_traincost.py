@@ -117,6 +117,13 @@ def test_headline_compares_only_with_static_networks_of_at_least_equal_compute_a
     row = next(r for r in headline_table(_curves(), "dyn", {"all": "s*"}, "s56", 0.5, comp, "s*").splitlines()
                if r.startswith("| dyn "))
     assert "| none yet | - | - |" in row
+    # only statics that cost more MACs than the point qualify: the row is compared with the
+    # cheapest of them (s8_long at 10 M, 84.00) and says how many fewer MACs it spends
+    comp["s8_long"] = _compute(s8_long=(1.2, ()))["s8_long"]
+    cheap = TradeoffCurve("dyn", [pt(86.0, 5)], measured_on="holdout")
+    row = next(r for r in headline_table([*_curves()[:-1], cheap], "dyn", {"all": "s*"}, "s56", 0.5, comp,
+                                         "s*").splitlines() if r.startswith("| dyn "))
+    assert "| below its range; cheapest 84.00 at 10.0 M | +2.00 (tie) with 2.00x fewer MACs |" in row
     del comp["dyn"]
     assert "| no record | no record of its training |" in headline_table(_curves(), "dyn", {"all": "s*"}, "s56", 0.5,
                                                                           comp, "s*")

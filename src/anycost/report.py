@@ -41,6 +41,17 @@ def _gap_cell(p, front: TradeoffCurve) -> str:
     return f"{a:.2f} | {p.accuracy - a:+.2f}{_verdict(p.accuracy, p.n, a, n_front)}"
 
 
+def _equal_compute_cell(p, front: TradeoffCurve) -> str:
+    """As :func:`_gap_cell`, but a point cheaper than every qualifying static network is
+    compared with the cheapest of them, so the row still states a gap, whatever its sign:
+    more accurate there is a win at fewer MACs, less accurate is not evidence of a loss."""
+    if front.accuracy_at(p.macs_mean) is not None:
+        return _gap_cell(p, front)
+    q = min(front.points, key=lambda q: q.macs_mean)
+    return (f"below its range; cheapest {q.accuracy:.2f} at {q.macs_mean / 1e6:.1f} M | "
+            f"{p.accuracy - q.accuracy:+.2f}{_verdict(p.accuracy, p.n, q.accuracy, q.n)} with {q.macs_mean / p.macs_mean:.2f}x fewer MACs")
+
+
 def curves_table(curves: list[TradeoffCurve], frontier_only: bool = False) -> str:
     """One row per operating point (``frontier_only``: only each curve's Pareto points)."""
     lines = ["| method | operating point | top-1 (%) [95 % CI] | top-5 (%) | mean MACs (M) | p95 MACs (M) | chosen on | measured on |",
@@ -137,7 +148,8 @@ def headline_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, 
     ``compute`` ({method: :class:`~anycost.traincost.TrainingCompute`}) adds each row's
     training compute; with ``equal_compute`` (a glob of static curves) also the frontier of
     only those static networks that had at least the row's training compute and the same
-    teachers, and which networks those are: the comparison that no training budget favours."""
+    teachers, and which networks those are: the comparison that no training budget favours.
+    A point cheaper than all of those is compared with the cheapest of them."""
     ref_best = max(_named(curves, reference).points, key=lambda p: p.accuracy)
     subj, fronts = _subjects_and_frontiers(curves, subject, groups)
     if equal_compute is not None and compute is None:
@@ -180,7 +192,7 @@ def headline_table(curves: list[TradeoffCurve], subject: str, groups: dict[str, 
                 cells += ["none yet", "-", "-"]
             else:
                 names = ", ".join(f"{s.method} ({compute[s.method].macs / PMAC:.2f})" for s in peers)
-                cells += [names, *_gap_cell(p, TradeoffCurve.merge("equal compute", peers)).split(" | ")]
+                cells += [names, *_equal_compute_cell(p, TradeoffCurve.merge("equal compute", peers)).split(" | ")]
         lines.append(f"| {' | '.join(cells)} | {' | '.join(_gap_cell(p, f) for f in fronts.values())} |")
     return "\n".join(lines)
 
