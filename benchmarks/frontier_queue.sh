@@ -8,16 +8,17 @@
 # that build on an earlier one start from its shipped zoo entry, not from its run folder.
 # Env: DATA_DIR (CIFAR-10 batches), THREADS (default 2).
 #
-#   job      zoo entry                  run(s) under runs/frontier      about (2 cores, bf16)
+#   job      zoo entry                  run(s) under runs/frontier      about (2 cores, bf16; from past runs' epochs)
 #   r32      resnet32.cpu_cifar10       r32-cpu90                       55 min
 #   ee32     ee_resnet32.cpu_cifar10    ee32-heads, ee32-joint          25 min
-#   r56      resnet56.cpu64_cifar10     r56-cpu64                       115 min
+#   r56      resnet56.cpu64_cifar10     r56-cpu64                       110 min (measured: 106)
 #   r20x2    resnet20.cpu180_cifar10    r20-cpu180                      110 min
-#   ee56     ee_resnet56.cpu_cifar10    ee56-heads, ee56-joint          30 min
-#   lnet56   lnet_resnet56.cpu_cifar10  lnet56                          20 min
-#   lcnet56  lcnet_resnet56.cpu_cifar10 lcnet56 (from lnet56)           15 min
-#   cnmm56   cnmm_r6.cpu_cifar10        cnmm56 (60 epochs)              115 min
-#   kdD      resnetD.cpu_kd_cifar10     rD-kd56, D in 8 14 20 32        60-150 min each
+#   ee56     ee_resnet56.cpu_cifar10    ee56-heads, ee56-joint          55 min (15 x 80 s + 10 x 190 s)
+#   lnet56   lnet_resnet56.cpu_cifar10  lnet56                          50 min (8 x 380 s in float32)
+#   lcnet56  lcnet_resnet56.cpu_cifar10 lcnet56 (from lnet56)           35 min (5 x 380 s in float32)
+#   cnmm56   cnmm_r6.cpu_cifar10        cnmm56                          80 min (90 x 45-55 s)
+#   kdD      resnetD.cpu_kd_cifar10     rD-kd56, D in 8 14 20 32        70 / 85 / 105 / 135 min
+# Shared cores stretch these: an lnet56 epoch took 976 s beside a calibration and a CI run.
 set -e
 cd "$(dirname "$0")/.."
 DATA=${DATA_DIR:-../shared/data/cifar-10-batches-py}
@@ -70,9 +71,8 @@ job() {
     --init-from lnet_resnet56.cpu_cifar10 --teacher $R56 --distill 2 \
     --set 'model_kwargs={"target": 0.3, "lam": 8, "penalty": "batch", "gate_l2": 0.01, "channel_target": 0.5, "channel_lam": 32}' \
     --set 'lr_mult={"predictors": 10}' ;;
-  # a CNMM distilled from the strongest teacher in one run (the kd2 chain's grid and cost terms);
-  # 60 epochs, since its ~400 M training MACs per image match ResNet-56's
-  cnmm56) shipped cnmm_r6.cpu_cifar10 || step $R/cnmm56 cnmm_r6 --recipe cpu --epochs 60 --teacher $R56 --distill 1 \
+  # a CNMM distilled from the strongest teacher in one run (the kd2 chain's grid and cost terms)
+  cnmm56) shipped cnmm_r6.cpu_cifar10 || step $R/cnmm56 cnmm_r6 --recipe cpu --teacher $R56 --distill 1 \
     --set 'model_kwargs={"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' ;;
   kd8|kd14|kd20|kd32) local d=${1#kd}
     shipped resnet$d.cpu_kd_cifar10 || step $R/r$d-kd56 resnet$d --recipe cpu --teacher $R56 --distill 1 ;;
