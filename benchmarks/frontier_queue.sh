@@ -49,36 +49,41 @@ entry() {  # the zoo entry a job ships
   ee32|ee56) echo "ee_resnet${1#ee}.cpu_cifar10" ;;
   lnet56|lcnet56) echo "${1%56}_resnet56.cpu_cifar10" ;;
   cnmm56) echo cnmm_r6.cpu_cifar10 ;;
-  kd*) echo "resnet${1#kd}.cpu_kd_cifar10" ;;
+  kd8|kd14|kd20|kd32) echo "resnet${1#kd}.cpu_kd_cifar10" ;;
+  *) echo "unknown job '$1' (see the table at the top of $0)" >&2; return 2 ;;
   esac
 }
 
-job() {
+job() {  # train a job's runs (the caller skips a job whose entry is shipped)
   case "$1" in
-  r32) shipped resnet32.cpu_cifar10 || step $R/r32-cpu90 resnet32 --recipe cpu ;;
-  ee32) shipped ee_resnet32.cpu_cifar10 || {
+  r32) step $R/r32-cpu90 resnet32 --recipe cpu ;;
+  ee32)
     step $R/ee32-heads ee_resnet32 --recipe cpu30 --amp bf16 --epochs 15 --set "model_kwargs=$(ee heads 1+3+5+8)" --init-from resnet32.cpu_cifar10
-    step $R/ee32-joint ee_resnet32 --recipe cpu30 --amp bf16 --epochs 10 --lr 0.03 --set "model_kwargs=$(ee joint 1+3+5+8)" --init-from $R/ee32-heads; } ;;
-  r56) shipped $R56 || step $R/r56-cpu64 resnet56 --recipe cpu --epochs 64 ;;
-  r20x2) shipped resnet20.cpu180_cifar10 || step $R/r20-cpu180 resnet20 --recipe cpu --epochs 180 ;;
-  ee56) shipped ee_resnet56.cpu_cifar10 || {
+    step $R/ee32-joint ee_resnet32 --recipe cpu30 --amp bf16 --epochs 10 --lr 0.03 --set "model_kwargs=$(ee joint 1+3+5+8)" --init-from $R/ee32-heads ;;
+  r56) step $R/r56-cpu64 resnet56 --recipe cpu --epochs 64 ;;
+  r20x2) step $R/r20-cpu180 resnet20 --recipe cpu --epochs 180 ;;
+  ee56)
     step $R/ee56-heads ee_resnet56 --recipe cpu30 --amp bf16 --epochs 15 --set "model_kwargs=$(ee heads 2+5+8+13+17)" --init-from $R56
-    step $R/ee56-joint ee_resnet56 --recipe cpu30 --amp bf16 --epochs 10 --lr 0.03 --set "model_kwargs=$(ee joint 2+5+8+13+17)" --init-from $R/ee56-heads; } ;;
+    step $R/ee56-joint ee_resnet56 --recipe cpu30 --amp bf16 --epochs 10 --lr 0.03 --set "model_kwargs=$(ee joint 2+5+8+13+17)" --init-from $R/ee56-heads ;;
   # L-Net as lnet_resnet56_kd2 (skip target 0.4, distilled from the backbone itself)
-  lnet56) shipped lnet_resnet56.cpu_cifar10 || step $R/lnet56 lnet_resnet56 --recipe cpu30 --amp bf16 --epochs 8 --lr 0.05 \
+  lnet56) step $R/lnet56 lnet_resnet56 --recipe cpu30 --amp bf16 --epochs 8 --lr 0.05 \
     --init-from $R56 --teacher $R56 --distill 2 --set 'model_kwargs={"target": 0.4, "lam": 8, "penalty": "batch", "gate_l2": 0.01}' ;;
-  lcnet56) shipped lcnet_resnet56.cpu_cifar10 || step $R/lcnet56 lcnet_resnet56 --recipe cpu30 --amp bf16 --epochs 5 --lr 0.03 \
+  lcnet56) step $R/lcnet56 lcnet_resnet56 --recipe cpu30 --amp bf16 --epochs 5 --lr 0.03 \
     --init-from lnet_resnet56.cpu_cifar10 --teacher $R56 --distill 2 \
     --set 'model_kwargs={"target": 0.3, "lam": 8, "penalty": "batch", "gate_l2": 0.01, "channel_target": 0.5, "channel_lam": 32}' \
     --set 'lr_mult={"predictors": 10}' ;;
   # a CNMM distilled from the strongest teacher in one run (the kd2 chain's grid and cost terms)
-  cnmm56) shipped cnmm_r6.cpu_cifar10 || step $R/cnmm56 cnmm_r6 --recipe cpu --teacher $R56 --distill 1 \
+  cnmm56) step $R/cnmm56 cnmm_r6 --recipe cpu --teacher $R56 --distill 1 \
     --set 'model_kwargs={"cost_weight": 0.1, "slim_l1": 0.1, "keep_max": 0.6}' ;;
-  kd8|kd14|kd20|kd32) local d=${1#kd}
-    shipped resnet$d.cpu_kd_cifar10 || step $R/r$d-kd56 resnet$d --recipe cpu --teacher $R56 --distill 1 ;;
-  *) echo "unknown job '$1' (see the table at the top of $0)" >&2; exit 2 ;;
+  kd*) local d=${1#kd}
+    step $R/r$d-kd56 resnet$d --recipe cpu --teacher $R56 --distill 1 ;;
   esac
 }
 
 [ $# -gt 0 ] || { echo "usage: $0 JOB... (see the table at the top of $0)" >&2; exit 2; }
-for j in "$@"; do job "$j"; ship "$(entry "$j")"; done
+for j in "$@"; do entry "$j" > /dev/null || exit 2; done  # every name checked before hours of training
+for j in "$@"; do
+  e=$(entry "$j")
+  shipped "$e" || job "$j"
+  ship "$e"
+done
