@@ -101,7 +101,9 @@ def test_health_and_prometheus_metrics(model):
     assert "anycost_request_latency_seconds_count 3" in text and "anycost_queue_depth 0" in text
     served = [ln for ln in text.splitlines() if ln.startswith("anycost_images_total{")]
     assert sum(float(ln.split()[-1]) for ln in served) == 3
-    assert float(next(ln for ln in text.splitlines() if ln.startswith("anycost_macs_total")).split()[-1]) > 0
+    macs = float(next(ln for ln in text.splitlines() if ln.startswith("anycost_macs_total")).split()[-1])
+    window = float(next(ln for ln in text.splitlines() if ln.startswith("anycost_window_mean_macs")).split()[-1])
+    assert macs > 0 and window == pytest.approx(macs / 3)  # three images, all inside the default window
 
 
 @pytest.mark.parametrize("body,ctype,status,words", [
@@ -235,7 +237,7 @@ async def _asgi(s, scope, receive, send):
 
 @pytest.mark.parametrize("kw", [{"max_batch": 0}, {"max_queue": 2, "max_batch": 4}, {"max_wait_ms": -1.0},
                                 {"slo_ms": 0.0}, {"budget": float("nan")}, {"op": "exit0", "slo_ms": 10.0},
-                                {"max_images": 9, "max_batch": 8}])
+                                {"max_images": 9, "max_batch": 8}, {"budget_window": 0}, {"budget_window": 1.5}])
 def test_config_refuses_nonsense(kw):
     with pytest.raises(ValueError):
         ServeConfig(**kw)

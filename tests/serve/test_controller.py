@@ -117,6 +117,33 @@ def test_budget_counts_the_macs_really_spent_and_falls_back_to_the_cheapest_poin
     assert c.choose(8).point is MID  # (720 + 200 + 400) / 24 = 55 M
 
 
+def test_budget_is_a_mean_over_a_window_so_a_cheap_stretch_banks_no_lasting_credit():
+    def dear_batches_after_a_cheap_stretch(window):
+        c = Controller(POINTS, table(), max_batch=8, budget=60e6, budget_window=window)
+        for _ in range(100):  # 800 inputs at the cheapest point: 35 M under the budget each
+            c.served(LOW, 8, 0.01, 8 * 25e6)
+        run = 0
+        while (p := c.choose(8).point) is TOP and run < 1000:
+            c.served(p, 8, 0.01, 8 * p.macs)
+            run += 1
+            if window is not None:  # the mean over the last `window` inputs stays within the budget
+                assert c.window_mean_macs <= 60e6 + 1e-6
+        return run
+
+    # since start-up: 800 x 35 M of credit pays for 700 inputs at 100 M before the mean reaches 60 M
+    assert dear_batches_after_a_cheap_stretch(None) == 87
+    # a window of 80 inputs: the credit is gone after a few batches at the top point
+    assert dear_batches_after_a_cheap_stretch(80) <= 4
+    c = Controller(POINTS, table(), max_batch=8, budget=60e6, budget_window=16)
+    assert c.window_mean_macs is None
+    for p in (TOP, LOW, LOW):
+        c.served(p, 8, 0.01, 8 * p.macs)
+    assert c.window_mean_macs == pytest.approx(25e6)  # the top batch has left the 16-input window
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="budget window"):
+            Controller(POINTS, table(), max_batch=8, budget=60e6, budget_window=bad)
+
+
 @pytest.mark.parametrize("kw", [{"slo_s": 0}, {"slo_s": math.inf}, {"budget": -1.0}, {"headroom": 0},
                                 {"max_batch": 0}])
 def test_controller_refuses_nonsense(kw):

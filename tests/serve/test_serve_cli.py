@@ -25,6 +25,7 @@ SMALL = ["--max-batch", "8", "--max-points", "2", "--threads", "1"]
     (["--replicas", "2"], "needs --ray"),
     (["--port", "70000"], "--port"),
     (["--op", "exit0", "--budget", "1e6"], "no --budget"),
+    (["--budget", "1e6", "--budget-window", "-1"], "--budget-window must be >= 0"),
     (["--max-batch", "0"], "max_batch"),
     (["--max-queue", "4"], "max_queue"),
     (["--max-body-mb", "0"], "--max-body-mb"),

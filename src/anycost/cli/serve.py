@@ -26,7 +26,10 @@ def add(sub) -> None:
     g.add_argument("--slo-ms", type=float, metavar="MS", help="p95 latency target; the controller trades accuracy "
                                                               "for it (default: always the most accurate point)")
     g.add_argument("--op", metavar="NAME", help="pin one operating point (a static baseline)")
-    s.add_argument("--budget", type=float, metavar="MACS", help="cap on the mean MACs per input served")
+    s.add_argument("--budget", type=float, metavar="MACS",
+                   help="cap on the mean MACs per input over the last --budget-window inputs served")
+    s.add_argument("--budget-window", type=int, default=10_000, metavar="N",
+                   help="inputs the --budget mean is taken over (default 10000; 0: since start-up)")
     s.add_argument("--max-batch", type=int, default=64, help="images per batch at most (default 64)")
     s.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long the oldest request may wait for a batch to fill (default 5)")
@@ -70,7 +73,9 @@ def run(a) -> int:
         raise UserError(f"--grace-s must be >= 0, got {a.grace_s}")
     if a.op is not None and a.budget is not None:
         raise UserError("--op pins one point: it takes no --budget")
-    config = ServeConfig(slo_ms=a.slo_ms, op=a.op, budget=a.budget, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
+    if a.budget_window < 0:
+        raise UserError(f"--budget-window must be >= 0 (0: since start-up), got {a.budget_window}")
+    config = ServeConfig(slo_ms=a.slo_ms, op=a.op, budget=a.budget, budget_window=a.budget_window or None, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
                          max_queue=a.max_queue, max_images=a.max_images, max_body_bytes=int(a.max_body_mb * 2**20),
                          max_points=a.max_points, headroom=a.headroom, device=a.device)
     if a.ray:

@@ -38,7 +38,8 @@ class ServeConfig:
 
     slo_ms: float | None = None  # p95 latency target; None: always the most accurate point
     op: str | None = None  # pin one point (a static baseline)
-    budget: float | None = None  # cap on mean MACs per input
+    budget: float | None = None  # cap on mean MACs per input over the last budget_window inputs
+    budget_window: int | None = 10_000  # None: the mean since start-up
     max_batch: int = 64
     max_wait_ms: float = 5.0
     max_queue: int = 1024
@@ -62,6 +63,9 @@ class ServeConfig:
             bad("max_images", f"between 1 and max_batch ({self.max_batch}), got {self.max_images}")
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
             bad("max_wait_ms", f"a finite number >= 0, got {self.max_wait_ms!r}")
+        bw = self.budget_window
+        if bw is not None and (isinstance(bw, bool) or not isinstance(bw, int) or bw < 1):
+            bad("budget_window", f"a positive integer or None, got {bw!r}")
         for name in ("slo_ms", "budget"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
@@ -273,7 +277,8 @@ def build_service(model: DynamicModel, config: ServeConfig = ServeConfig(), *, s
         table = measure_latency(model, points, x, sizes)
     controller = Controller(points, table, max_batch=config.max_batch,
                             slo_s=None if config.slo_ms is None else config.slo_ms / 1000.0,
-                            pinned=config.op, budget=config.budget, headroom=config.headroom)
+                            pinned=config.op, budget=config.budget, budget_window=config.budget_window,
+                            headroom=config.headroom)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     classes = list(getattr(getattr(model, "weights", None), "classes", None) or cfg.get("classes") or [])
     engine = Engine(model, controller, norm, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0,
@@ -284,6 +289,7 @@ def build_service(model: DynamicModel, config: ServeConfig = ServeConfig(), *, s
             "split": {"val_size": sp.get("val_size"), "split_seed": sp.get("split_seed") or 0} if sp else None,
             "operating_points": [{"name": p.name, "macs": p.macs, "accuracy": p.accuracy} for p in controller.points],
             "slo_ms": config.slo_ms, "pinned": config.op, "budget": config.budget,
+            "budget_window": config.budget_window,
             "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms, "max_queue": config.max_queue,
             "latency_table": table.to_dict()}
     return Service(engine, info, config)

@@ -20,14 +20,17 @@ oldest request took longer than the target shrinks the usable fraction of the ta
 ``backoff``, and each batch within it grows the fraction back by ``recover`` (additive
 increase, multiplicative decrease, as in TCP).
 
-A MAC budget, if given, targets the running mean of the MACs really served since start-up:
-a point is allowed only while the mean with this batch stays within it. Everything takes
-its time from arguments, so that tests drive it with a fake clock and fake latencies.
+A MAC budget, if given, targets the mean of the MACs really served over the last
+``budget_window`` inputs (whole batches): a point is allowed only while that mean with this
+batch stays within it. A window, not the mean since start-up, so that a quiet night at cheap
+points does not bank credit for an hour at the dearest one. Everything takes its time from
+arguments, so that tests drive it with a fake clock and fake latencies.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -107,14 +110,14 @@ class Controller:
     ``points``: the shipped points to choose from (calibrated: each has MACs and accuracy);
     ``slo_s``: the p95 latency target in seconds (None: always the most accurate point);
     ``pinned``: always this point (a static baseline); ``budget``: target for the mean MACs
-    per input served; ``headroom``: the fraction of the target the prediction may use at most;
+    per input over the last ``budget_window`` inputs served (None: since start-up); ``headroom``: the fraction of the target the prediction may use at most;
     ``backoff`` / ``recover`` / ``floor``: how answer times move that fraction (see above);
     ``max_util``: the busiest a point may be kept at the recent arrival rate.
     """
 
     def __init__(self, points: Sequence[OperatingPoint], table: LatencyTable, *, max_batch: int,
                  slo_s: float | None = None, pinned: str | None = None, budget: float | None = None,
-                 headroom: float = 0.7, backoff: float = 0.8, recover: float = 0.02, floor: float = 0.1,
+                 budget_window: int | None = 10_000, headroom: float = 0.7, backoff: float = 0.8, recover: float = 0.02, floor: float = 0.1,
                  max_util: float = 0.8):
         pts = [p for p in points if p.calibrated]
         if not pts:
@@ -130,6 +133,9 @@ class Controller:
             cheapest = min(pts, key=lambda p: p.macs)
             raise ValueError(f"budget {budget / 1e6:.4g} M MACs is below the cheapest point "
                              f"({cheapest.name}: {cheapest.macs / 1e6:.4g} M)")
+        if budget_window is not None and (isinstance(budget_window, bool) or not isinstance(budget_window, int)
+                                          or budget_window < 1):
+            raise ValueError(f"the budget window must be a positive number of inputs, got {budget_window!r}")
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], got {headroom}")
         if not (0 < backoff < 1 and 0 <= recover <= 1 and 0 < floor <= 1):
@@ -150,8 +156,11 @@ class Controller:
             if pinned not in by_name:
                 raise KeyError(f"no operating point named {pinned!r} (have: {', '.join(sorted(by_name))})")
             self.pinned = by_name[pinned]
-        self.images = 0  # served so far, for the budget's running mean
+        self.images = 0  # served so far
         self.macs = 0.0
+        self.budget_window = budget_window
+        self._window: deque[tuple[int, float]] = deque()  # (inputs, MACs) of the batches in the budget's window
+        self._window_images, self._window_macs = 0, 0.0
 
     def finish_time(self, p: OperatingPoint, n: int, waited_s: float, queued: int) -> float:
         """Predicted time until the last request now waiting is answered, all at point ``p``."""
@@ -160,9 +169,21 @@ class Controller:
         return waited_s + self.table.predict(p.name, n) + rest
 
     def _affordable(self, p: OperatingPoint, n: int) -> bool:
-        """Whether serving n inputs at p keeps the running mean (of the MACs really spent)
-        within the budget."""
-        return self.budget is None or (self.macs + p.macs * n) / (self.images + n) <= self.budget
+        """Whether serving n inputs at p keeps the mean over the window (of the MACs really
+        spent) within the budget."""
+        if self.budget is None:
+            return True
+        images, macs = self._window_images + n, self._window_macs + p.macs * n
+        for old_n, old_macs in self._window:  # the window as it will be once this batch is in
+            if self.budget_window is None or images - old_n < self.budget_window:
+                break
+            images, macs = images - old_n, macs - old_macs
+        return macs / images <= self.budget
+
+    @property
+    def window_mean_macs(self) -> float | None:
+        """The mean MACs per input over the budget's window (None before the first batch)."""
+        return self._window_macs / self._window_images if self._window_images else None
 
     def utilisation(self, p: OperatingPoint, arrival_rate: float) -> float:
         """The fraction of the time point ``p`` would be busy serving ``arrival_rate`` inputs
@@ -191,11 +212,19 @@ class Controller:
     def served(self, point: OperatingPoint, n: int, seconds: float, macs: float, latency_s: float | None = None
                ) -> None:
         """Account a finished batch: its inference time updates the latency table, its MACs
-        (the sum over its inputs, as really spent) the running mean the budget caps, and
+        (the sum over its inputs, as really spent) the windowed mean the budget caps, and
         ``latency_s`` (arrival to answer of its oldest request) the usable fraction of the target."""
         self.table.observe(point.name, n, seconds)
         self.images += n
         self.macs += macs
+        self._window.append((n, macs))
+        self._window_images += n
+        self._window_macs += macs
+        # drop the oldest batches while the rest still cover the window
+        while self.budget_window is not None and self._window_images - self._window[0][0] >= self.budget_window:
+            old_n, old_macs = self._window.popleft()
+            self._window_images -= old_n
+            self._window_macs -= old_macs
         if latency_s is not None and self.slo_s is not None:
             if latency_s > self.slo_s:
                 self.scale = max(self.floor, self.scale * self.backoff)

@@ -87,6 +87,7 @@ def _metrics() -> Metrics:
     m.counter("requests_total", "Requests answered, by HTTP status")
     m.counter("images_total", "Images served, by operating point")
     m.counter("macs_total", "MACs spent on served images (as really spent per input)")
+    m.gauge("window_mean_macs", "Mean MACs per image over the budget's window of recent images")
     m.counter("errors_total", "Requests that failed, by kind")
     m.counter("rejected_total", "Requests refused with 503 because the queue was full or the server stopping")
     m.counter("slo_misses_predicted_total", "Batches for which no point was predicted to meet the target")
@@ -260,6 +261,7 @@ class Engine:
         self.metrics.observe("batch_size", n)
         self.metrics.inc("images_total", n, operating_point=op.name)
         self.metrics.inc("macs_total", macs)
+        self.metrics.set("window_mean_macs", self.controller.window_mean_macs)
         i = 0
         for r in batch:
             k = r.x.shape[0]
