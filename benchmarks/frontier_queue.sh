@@ -13,10 +13,10 @@
 #   ee32     ee_resnet32.cpu_cifar10    ee32-heads, ee32-joint          25 min
 #   r56      resnet56.cpu64_cifar10     r56-cpu64                       110 min (measured: 106)
 #   r20x2    resnet20.cpu180_cifar10    r20-cpu180                      110 min
-#   ee56     ee_resnet56.cpu_cifar10    ee56-heads, ee56-joint          55 min (15 x 80 s + 10 x 190 s)
-#   lnet56   lnet_resnet56.cpu_cifar10  lnet56                          50 min (8 x 380 s in float32)
-#   lcnet56  lcnet_resnet56.cpu_cifar10 lcnet56 (from lnet56)           35 min (5 x 380 s in float32)
-#   cnmm56   cnmm_r6.cpu_cifar10        cnmm56                          80 min (90 x 45-55 s)
+#   ee56     ee_resnet56.cpu_cifar10    ee56-heads, ee56-joint          40 min (measured: 15 x 38 s + 10 x 124-137 s)
+#   lnet56   lnet_resnet56.cpu_cifar10  lnet56                          25 min (measured: 8 x 152-155 s)
+#   lcnet56  lcnet_resnet56.cpu_cifar10 lcnet56 (from lnet56)           20 min (measured: 5 x 173-175 s)
+#   cnmm56   cnmm_r6.cpu_cifar10        cnmm56                          115 min (90 x 73-78 s with the ResNet-56 teacher)
 #   kdD      resnetD.cpu_kd_cifar10     rD-kd56, D in 8 14 20 32        70 / 85 / 105 / 135 min
 # Shared cores stretch these: an lnet56 epoch took 976 s beside a calibration and a CI run.
 set -e
