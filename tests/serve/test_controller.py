@@ -128,6 +128,8 @@ def test_budget_is_a_mean_over_a_window_so_a_cheap_stretch_banks_no_lasting_cred
             run += 1
             if window is not None:  # the mean over the last `window` inputs stays within the budget
                 assert c.window_mean_macs <= 60e6 + 1e-6
+        # the history held is the window's batches, none at all for a mean since start-up
+        assert len(c._window) == (0 if window is None else window // 8)
         return run
 
     # since start-up: 800 x 35 M of credit pays for 700 inputs at 100 M before the mean reaches 60 M

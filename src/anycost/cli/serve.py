@@ -75,8 +75,9 @@ def run(a) -> int:
         raise UserError("--op pins one point: it takes no --budget")
     if a.budget_window < 0:
         raise UserError(f"--budget-window must be >= 0 (0: since start-up), got {a.budget_window}")
-    config = ServeConfig(slo_ms=a.slo_ms, op=a.op, budget=a.budget, budget_window=a.budget_window or None, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
-                         max_queue=a.max_queue, max_images=a.max_images, max_body_bytes=int(a.max_body_mb * 2**20),
+    config = ServeConfig(slo_ms=a.slo_ms, op=a.op, budget=a.budget, budget_window=a.budget_window or None,
+                         max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_queue=a.max_queue,
+                         max_images=a.max_images, max_body_bytes=int(a.max_body_mb * 2**20),
                          max_points=a.max_points, headroom=a.headroom, device=a.device)
     if a.ray:
         from anycost.serve.ray_serve import serve_with_ray

@@ -110,15 +110,16 @@ class Controller:
     ``points``: the shipped points to choose from (calibrated: each has MACs and accuracy);
     ``slo_s``: the p95 latency target in seconds (None: always the most accurate point);
     ``pinned``: always this point (a static baseline); ``budget``: target for the mean MACs
-    per input over the last ``budget_window`` inputs served (None: since start-up); ``headroom``: the fraction of the target the prediction may use at most;
+    per input over the last ``budget_window`` inputs served (None: since start-up);
+    ``headroom``: the fraction of the target the prediction may use at most;
     ``backoff`` / ``recover`` / ``floor``: how answer times move that fraction (see above);
     ``max_util``: the busiest a point may be kept at the recent arrival rate.
     """
 
     def __init__(self, points: Sequence[OperatingPoint], table: LatencyTable, *, max_batch: int,
                  slo_s: float | None = None, pinned: str | None = None, budget: float | None = None,
-                 budget_window: int | None = 10_000, headroom: float = 0.7, backoff: float = 0.8, recover: float = 0.02, floor: float = 0.1,
-                 max_util: float = 0.8):
+                 budget_window: int | None = 10_000, headroom: float = 0.7, backoff: float = 0.8,
+                 recover: float = 0.02, floor: float = 0.1, max_util: float = 0.8):
         pts = [p for p in points if p.calibrated]
         if not pts:
             raise ValueError("the controller needs calibrated operating points (with MACs and accuracy)")
@@ -159,7 +160,9 @@ class Controller:
         self.images = 0  # served so far
         self.macs = 0.0
         self.budget_window = budget_window
-        self._window: deque[tuple[int, float]] = deque()  # (inputs, MACs) of the batches in the budget's window
+        # (inputs, MACs) of the batches in the budget's window; kept only when there is a window
+        # to trim, so a mean since start-up holds no per-batch history
+        self._window: deque[tuple[int, float]] = deque()
         self._window_images, self._window_macs = 0, 0.0
 
     def finish_time(self, p: OperatingPoint, n: int, waited_s: float, queued: int) -> float:
@@ -175,7 +178,7 @@ class Controller:
             return True
         images, macs = self._window_images + n, self._window_macs + p.macs * n
         for old_n, old_macs in self._window:  # the window as it will be once this batch is in
-            if self.budget_window is None or images - old_n < self.budget_window:
+            if images - old_n < self.budget_window:
                 break
             images, macs = images - old_n, macs - old_macs
         return macs / images <= self.budget
@@ -217,14 +220,15 @@ class Controller:
         self.table.observe(point.name, n, seconds)
         self.images += n
         self.macs += macs
-        self._window.append((n, macs))
         self._window_images += n
         self._window_macs += macs
-        # drop the oldest batches while the rest still cover the window
-        while self.budget_window is not None and self._window_images - self._window[0][0] >= self.budget_window:
-            old_n, old_macs = self._window.popleft()
-            self._window_images -= old_n
-            self._window_macs -= old_macs
+        if self.budget_window is not None:
+            self._window.append((n, macs))
+            # drop the oldest batches while the rest still cover the window
+            while self._window_images - self._window[0][0] >= self.budget_window:
+                old_n, old_macs = self._window.popleft()
+                self._window_images -= old_n
+                self._window_macs -= old_macs
         if latency_s is not None and self.slo_s is not None:
             if latency_s > self.slo_s:
                 self.scale = max(self.floor, self.scale * self.backoff)
